@@ -1,0 +1,99 @@
+"""Shared fixtures: the sample dataset, SageMaker-like job folders, training runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN_BIN = Path(sys.executable).parent / "train"
+# Fast settings that still learn the sample data from scratch on 2 CPU cores.
+FAST = {"pretrained": "false", "image-size": "48", "batch-size": "16", "crop-min-scale": "0.4", "log-interval": "0"}
+
+
+@pytest.fixture(scope="session")
+def sample_data(tmp_path_factory) -> Path:
+    """The embedded sample dataset, generated once per session."""
+    from train import sample_data
+
+    out = tmp_path_factory.mktemp("sample")
+    sample_data.generate(out)
+    return out
+
+
+def make_job(
+    base: Path,
+    channels: dict[str, Path],
+    hyperparameters: dict | None = None,
+    hosts: list[str] | None = None,
+    current_host: str | None = None,
+    quote: bool = False,
+) -> Path:
+    """A folder laid out like /opt/ml; ``quote`` JSON-quotes values as SDK v2 does."""
+    hosts = hosts or ["algo-1"]
+    config = base / "input" / "config"
+    config.mkdir(parents=True, exist_ok=True)
+    hps = {k: json.dumps(str(v)) if quote else str(v) for k, v in (hyperparameters or {}).items()}
+    (config / "hyperparameters.json").write_text(json.dumps(hps))
+    resource = {"current_host": current_host or hosts[0], "hosts": hosts, "network_interface_name": "lo"}
+    (config / "resourceconfig.json").write_text(json.dumps(resource))
+    (config / "inputdataconfig.json").write_text(json.dumps({name: {"TrainingInputMode": "File"} for name in channels}))
+    data = base / "input" / "data"
+    data.mkdir(parents=True, exist_ok=True)
+    for name, source in channels.items():
+        (data / name).symlink_to(source)
+    return base
+
+
+def job_env(base: Path, **extra: str) -> dict:
+    """Environment for a training run on the host against ``base``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_"))}
+    env |= {"SAGEMAKER_BASE_DIR": str(base), "TORCH_HOME": str(base / "torch_home"), "PYTHONUNBUFFERED": "1"}
+    env |= {"OMP_NUM_THREADS": "2", "AWS_DEFAULT_REGION": "us-east-1"}
+    return env | extra
+
+
+def run_train(base: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
+    """Run the ``train`` executable (the toolkit path) to completion."""
+    return subprocess.run(
+        [str(TRAIN_BIN)], env=job_env(base, **env), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def failure_text(base: Path) -> str:
+    path = base / "output" / "failure"
+    return path.read_text() if path.exists() else ""
+
+
+@pytest.fixture(scope="session")
+def trained_job(sample_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One real training run on the sample data through ``train``, shared by several tests."""
+    base = make_job(
+        tmp_path_factory.mktemp("job"),
+        {c: sample_data / c for c in ("training", "validation", "test")},
+        FAST | {"epochs": "10", "lr": "0.02"},
+    )
+    result = run_train(base)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return base, result
+
+
+@pytest.fixture
+def restore_signals():
+    """In-process runs install SIGTERM/SIGINT handlers: put pytest's back afterwards."""
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
+
+
+def copy_tree(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    return target

@@ -1,0 +1,120 @@
+"""Hyperparameter parsing (every path and rejection) and SageMaker path resolution."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from sagemaker_training import environment, mapping
+
+from train import config
+from train.config import ConfigError, parse_hyperparameters
+
+
+def through_toolkit(tmp_path, monkeypatch, hps: dict) -> list[str]:
+    """What the toolkit makes of hyperparameters.json: json.loads each value, then --key value."""
+    path = tmp_path / "hyperparameters.json"
+    path.write_text(json.dumps(hps))
+    monkeypatch.setattr(environment, "hyperparameters_file_dir", str(path))
+    return mapping.to_cmd_args(environment.read_hyperparameters())
+
+
+@pytest.mark.parametrize("quoted", [True, False], ids=["sdk-v2-json-quoted", "sdk-v3-raw"])
+def test_quoted_and_raw_strings_parse_the_same(tmp_path, monkeypatch, quoted):
+    raw = {"lr": "0.05", "batch-size": "128", "momentum": "0.7", "model": "resnet34", "pretrained": "false"}
+    hps = {k: json.dumps(v) if quoted else v for k, v in raw.items()}
+    args = parse_hyperparameters(through_toolkit(tmp_path, monkeypatch, hps))
+    assert (args.lr, args.batch_size, args.momentum) == (0.05, 128, 0.7)
+    assert (args.model, args.pretrained) == ("resnet34", False)
+
+
+def test_defaults():
+    args = parse_hyperparameters([])
+    assert (args.model, args.pretrained, args.freeze_backbone) == ("resnet18", True, False)
+    assert (args.amp, args.num_workers, args.image_size) == ("auto", None, 224)
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("true", True), ("True", True), ("1", True), ("false", False), ("False", False), ("0", False)],
+)
+def test_booleans(text, expected):
+    assert parse_hyperparameters(["--freeze-backbone", text]).freeze_backbone is expected
+
+
+def test_toolkit_bools_and_numbers_survive(tmp_path, monkeypatch):
+    # The toolkit json.loads "true" to True and prints it back as "True"; "64" comes back as "64".
+    argv = through_toolkit(tmp_path, monkeypatch, {"pretrained": "true", "batch-size": "64", "epochs": "3.0"})
+    args = parse_hyperparameters(argv)
+    assert (args.pretrained, args.batch_size, args.epochs) == (True, 64, 3)
+
+
+def test_underscore_spelling_and_sagemaker_reserved_keys():
+    args = parse_hyperparameters(["--batch_size", "32", "--_tuning_objective_metric", "validation:accuracy"])
+    assert args.batch_size == 32
+
+
+@pytest.mark.parametrize(
+    "argv,words",
+    [
+        (["--learning-rate", "0.1"], ["unknown hyperparameter 'learning-rate'", "allowed:", "lr"]),
+        (["--lr", "abc"], ["lr", "'abc' is not a number > 0"]),
+        (["--lr", "0"], ["lr", "> 0"]),
+        (["--lr", "nan"], ["lr"]),
+        (["--batch-size", "0"], ["batch-size", "integer >= 1"]),
+        (["--batch-size", "1.5"], ["batch-size", "integer"]),
+        (["--momentum", "1.0"], ["momentum", "< 1"]),
+        (["--pretrained", "maybe"], ["pretrained", "boolean"]),
+        (["--amp", "fp8"], ["amp", "auto, bf16, fp16, off"]),
+        (["--lr-scheduler", "poly"], ["lr-scheduler", "cosine, step, constant"]),
+        (["--model", "resnet9000"], ["model", "not a supported torchvision classifier"]),
+        (["--model", "inception_v3"], ["model", "not a supported"]),
+        (["--num-workers", "-1"], ["num-workers", ">= 0"]),
+        (["lr", "0.1"], ["unexpected argument 'lr'"]),
+    ],
+)
+def test_rejections_name_the_key_and_allowed_values(argv, words):
+    with pytest.raises(ConfigError) as err:
+        parse_hyperparameters(argv)
+    message = str(err.value)
+    for word in words:
+        assert word in message
+    assert "\n" not in message
+
+
+def test_amp_aliases_and_workers_auto():
+    assert parse_hyperparameters(["--amp", "True"]).amp == "auto"
+    assert parse_hyperparameters(["--amp", "false"]).amp == "off"
+    assert parse_hyperparameters(["--num-workers", "auto"]).num_workers is None
+    assert parse_hyperparameters(["--num-workers", "3"]).num_workers == 3
+
+
+def test_paths_from_toolkit_variables(tmp_path):
+    env = {
+        "SAGEMAKER_BASE_DIR": str(tmp_path),
+        "SM_CHANNELS": json.dumps(["training", "validation"]),
+        "SM_CHANNEL_TRAINING": "/data/train",
+        "SM_CHANNEL_VALIDATION": "/data/val",
+        "SM_MODEL_DIR": "/m",
+        "SM_OUTPUT_DATA_DIR": "/o/data",
+    }
+    paths = config.resolve_paths(env)
+    assert paths.channels == {"training": config.Path("/data/train"), "validation": config.Path("/data/val")}
+    assert str(paths.model_dir) == "/m" and str(paths.output_data_dir) == "/o/data"
+    assert paths.checkpoint_dir == tmp_path / "checkpoints"
+
+
+def test_paths_fall_back_to_the_opt_ml_layout(tmp_path):
+    (tmp_path / "input" / "data" / "training").mkdir(parents=True)
+    paths = config.resolve_paths({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+    assert paths.channels == {"training": tmp_path / "input" / "data" / "training"}
+    assert paths.model_dir == tmp_path / "model"
+    assert paths.output_dir == tmp_path / "output"
+
+
+def test_available_cpus_respects_affinity_and_cgroup_quota(monkeypatch):
+    import os
+
+    assert 1 <= config.available_cpus() <= len(os.sched_getaffinity(0))
+    monkeypatch.setattr(config, "_cgroup_cpu_quota", lambda: 0.5)
+    assert config.available_cpus() == 1

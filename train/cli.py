@@ -1,0 +1,30 @@
+"""The ``train`` executable: the sagemaker-training toolkit's ``train``, with our defaults.
+
+It runs the toolkit's trainer (SM_* environment, hyperparameter arguments, failure file,
+exit code) with ``train.launcher:main`` as the framework module unless
+SAGEMAKER_TRAINING_MODULE says otherwise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+FRAMEWORK_MODULE = "train.launcher:main"
+
+
+def main() -> None:
+    """Entry point of the training image (``docker run IMAGE train``)."""
+    if not os.path.isdir("/opt/ml") and "SAGEMAKER_BASE_DIR" not in os.environ:
+        sys.exit(
+            "error: no /opt/ml here: set SAGEMAKER_BASE_DIR to a folder laid out like /opt/ml "
+            "(input/config/*.json, input/data/<channel>/)"
+        )
+    os.environ.setdefault("SAGEMAKER_TRAINING_MODULE", FRAMEWORK_MODULE)
+    from sagemaker_training import trainer  # importing reads SAGEMAKER_BASE_DIR
+
+    trainer.train()
+
+
+if __name__ == "__main__":
+    main()

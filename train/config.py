@@ -1,0 +1,208 @@
+"""What the job is told: hyperparameters and the SageMaker paths, parsed once.
+
+Hyperparameters arrive as ``--key value`` arguments (the sagemaker-training toolkit turns
+``hyperparameters.json`` into them after ``json.loads`` of each value, so SDK v2's
+JSON-quoted strings and SDK v3's raw strings both end up here as plain text).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from train.failure import TrainingError
+
+DEFAULT_BASE_DIR = "/opt/ml"
+AMP_MODES = ("auto", "bf16", "fp16", "off")
+LR_SCHEDULERS = ("cosine", "step", "constant")
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+class ConfigError(TrainingError):
+    """A hyperparameter is unknown or has an invalid value."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where SageMaker puts inputs and collects outputs (``/opt/ml`` or SAGEMAKER_BASE_DIR)."""
+
+    base_dir: Path
+    model_dir: Path
+    output_dir: Path
+    output_data_dir: Path
+    checkpoint_dir: Path
+    channels: dict[str, Path]
+
+
+def resolve_paths(env: os._Environ | dict | None = None) -> Paths:
+    """Read the toolkit's SM_* variables, falling back to the ``/opt/ml`` layout."""
+    env = os.environ if env is None else env
+    base = Path(env.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR))
+    if "SM_CHANNELS" in env:
+        names = json.loads(env["SM_CHANNELS"])
+        channels = {n: Path(env.get(f"SM_CHANNEL_{n.upper()}", base / "input/data" / n)) for n in names}
+    else:
+        data = base / "input" / "data"
+        channels = {p.name: p for p in sorted(data.iterdir()) if p.is_dir()} if data.is_dir() else {}
+    return Paths(
+        base_dir=base,
+        model_dir=Path(env.get("SM_MODEL_DIR", base / "model")),
+        output_dir=Path(env.get("SM_OUTPUT_DIR", base / "output")),
+        output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", base / "output" / "data")),
+        checkpoint_dir=base / "checkpoints",
+        channels=channels,
+    )
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask and cgroup (v2 or v1) quota both count."""
+    cpus = len(os.sched_getaffinity(0))
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
+
+
+def _cgroup_cpu_quota() -> float | None:
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
+        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
+        return quota / period if quota > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+# --- value types: each raises ArgumentTypeError with the allowed values -------------------
+
+
+def _number(kind, low=None, high=None, low_open=False, high_open=False):
+    def parse(text: str):
+        try:
+            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not {_describe(kind, low, high, low_open, high_open)}"
+            ) from None
+        too_low = low is not None and (value <= low if low_open else value < low)
+        too_high = high is not None and (value >= high if high_open else value > high)
+        if too_low or too_high or (kind is float and not math.isfinite(value)):
+            raise argparse.ArgumentTypeError(f"{text!r} is not {_describe(kind, low, high, low_open, high_open)}")
+        return value
+
+    return parse
+
+
+def _describe(kind, low, high, low_open, high_open) -> str:
+    noun = "an integer" if kind is int else "a number"
+    parts = []
+    if low is not None:
+        parts.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        parts.append(f"{'<' if high_open else '<='} {high}")
+    return noun + (" " + " and ".join(parts) if parts else "")
+
+
+def boolean(text: str) -> bool:
+    """true/True/1/yes or false/False/0/no."""
+    if text.lower() in _TRUE:
+        return True
+    if text.lower() in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false/1/0)")
+
+
+def _choice(values: tuple[str, ...], aliases: dict[str, str] | None = None):
+    def parse(text: str) -> str:
+        value = (aliases or {}).get(text.lower(), text.lower())
+        if value not in values:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(values)}")
+        return value
+
+    return parse
+
+
+def _workers(text: str) -> int | None:
+    return None if text.lower() == "auto" else _number(int, 0)(text)
+
+
+def _model_name(text: str) -> str:
+    import torchvision  # deferred: parsing --help should not wait for torchvision
+
+    names = torchvision.models.list_models(module=torchvision.models)
+    if text not in names or text in ("googlenet", "inception_v3"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a supported torchvision classifier (e.g. resnet18, resnet50, "
+            "mobilenet_v3_large, efficientnet_b0, convnext_tiny, vit_b_16)"
+        )
+    return text
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse would print usage and exit 2
+        message = message.replace("argument --", "hyperparameter ")
+        raise ConfigError(message)
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    """The one parser: every hyperparameter, its type and default."""
+    p = _Parser(prog="python -m train", description=__doc__, allow_abbrev=False)
+    fraction = _number(float, 0, 1, high_open=True)
+    p.add_argument("--epochs", type=_number(int, 1), default=10)
+    p.add_argument("--batch-size", type=_number(int, 1), default=64, help="per process")
+    p.add_argument("--lr", type=_number(float, 0, low_open=True), default=0.01)
+    p.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
+    p.add_argument("--weight-decay", type=_number(float, 0), default=1e-4)
+    p.add_argument("--lr-scheduler", type=_choice(LR_SCHEDULERS), default="cosine")
+    p.add_argument("--lr-warmup-epochs", type=_number(int, 0), default=0)
+    p.add_argument("--lr-step-size", type=_number(int, 1), default=3, help="step scheduler")
+    p.add_argument("--lr-gamma", type=_number(float, 0, 1, low_open=True), default=0.1)
+    p.add_argument("--crop-min-scale", type=_number(float, 0, 1, low_open=True), default=0.08, help="RandomResizedCrop")
+    p.add_argument("--label-smoothing", type=fraction, default=0.0)
+    p.add_argument("--model", type=_model_name, default="resnet18")
+    p.add_argument("--pretrained", type=boolean, default=True)
+    p.add_argument("--freeze-backbone", type=boolean, default=False, help="train the head only")
+    p.add_argument("--image-size", type=_number(int, 16, 1024), default=224)
+    p.add_argument("--num-workers", type=_workers, default=None, help="auto: one per CPU")
+    amp_aliases = {"true": "auto", "1": "auto", "false": "off", "0": "off"}
+    p.add_argument("--amp", type=_choice(AMP_MODES, amp_aliases), default="auto")
+    p.add_argument("--channels-last", type=boolean, default=True)
+    p.add_argument("--seed", type=_number(int, 0), default=42)
+    p.add_argument("--val-split", type=fraction, default=0.1, help="flat layouts only")
+    p.add_argument("--test-split", type=fraction, default=0.0, help="flat layouts only")
+    p.add_argument("--drop-clutter", type=boolean, default=True, help="Caltech-256 layout")
+    p.add_argument("--max-bad-fraction", type=_number(float, 0, 1), default=0.01)
+    p.add_argument("--log-interval", type=_number(int, 0), default=50, help="steps; 0: off")
+    p.add_argument("--checkpoint-dir", type=Path, default=None, help="default BASE/checkpoints")
+    return p
+
+
+def parse_hyperparameters(argv: list[str]) -> argparse.Namespace:
+    """Parse ``--key value`` pairs; reject unknown keys, naming the allowed ones."""
+    parser = get_args_parser()
+    known = {a.option_strings[0][2:] for a in parser._actions if a.option_strings}
+    known.discard("h")
+    normalized: list[str] = []
+    pairs = iter(argv)
+    for token in pairs:
+        if token in ("-h", "--help"):
+            parser.print_help()
+            raise SystemExit(0)
+        if not token.startswith("--"):
+            raise ConfigError(f"unexpected argument {token!r}: hyperparameters are --key value")
+        key, _, inline = token[2:].partition("=")
+        value = inline if inline else next(pairs, "")
+        if key.startswith("_"):  # SageMaker's own, e.g. _tuning_objective_metric
+            continue
+        key = key.replace("_", "-")
+        if key not in known:
+            raise ConfigError(f"unknown hyperparameter {key!r}; allowed: {', '.join(sorted(known))}")
+        normalized += [f"--{key}", value]
+    return parser.parse_args(normalized)

@@ -1,0 +1,250 @@
+"""Channel folders → datasets → loaders.
+
+Accepted layouts (channel ``training`` required, ``validation``/``test`` optional):
+
+- one ImageFolder per channel: ``training/<class>/<image>``;
+- the course layout, one ``training`` channel with ``train/ valid/ test/`` subfolders;
+- one flat ImageFolder (also raw Caltech-256, ``001.ak47/...257.clutter/``, optionally
+  inside ``256_ObjectCategories/``): validation and test are split off per class,
+  deterministically.
+
+Unreadable images are skipped and counted; only more than ``max-bad-fraction`` of them
+fails the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision.transforms import v2
+
+import model_artifact
+from train.failure import TrainingError
+
+log = logging.getLogger(__name__)
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+VALIDATION_FOLDERS = ("valid", "val", "validation")
+CALTECH_WRAPPER = "256_ObjectCategories"
+CLUTTER = "257.clutter"
+Sample = tuple[Path, int]
+
+
+@dataclass
+class Splits:
+    """The samples of each split and the class names (index order)."""
+
+    class_names: list[str]
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    layout: str
+
+
+def display_name(folder: str) -> str:
+    """``001.ak47`` → ``ak47``; ``063.electric-guitar-101`` → ``electric guitar``."""
+    name = re.sub(r"^\d+\.", "", folder)
+    name = re.sub(r"-101$", "", name)
+    return name.replace("_", " ").replace("-", " ").strip() or folder
+
+
+def _subfolders(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def scan(root: Path, folders: list[str], what: str) -> list[Sample]:
+    """(path, label) for every image file directly inside each class folder."""
+    samples: list[Sample] = []
+    for label, folder in enumerate(folders):
+        files = sorted(p for p in (root / folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not files:
+            raise TrainingError(f"class folder {folder!r} in {what} has no images ({root / folder})")
+        samples += [(p, label) for p in files]
+    return samples
+
+
+def _class_folders(root: Path, what: str, drop_clutter: bool) -> list[str]:
+    if not root.is_dir():
+        raise TrainingError(f"{what} is not a folder: {root}")
+    folders = [f for f in _subfolders(root) if not (drop_clutter and f == CLUTTER)]
+    if not folders:
+        raise TrainingError(f"{what} has no class folders: expected {what}/<class>/<image files> in {root}")
+    if len(folders) == 1:
+        raise TrainingError(f"{what} has a single class ({folders[0]!r}): a classifier needs two or more")
+    return folders
+
+
+def _same_classes(expected: list[str], root: Path, what: str, drop_clutter: bool) -> None:
+    found = _class_folders(root, what, drop_clutter)
+    if found != expected:
+        missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+        raise TrainingError(
+            f"{what} classes differ from training: missing {missing or 'none'}, extra {extra or 'none'}"
+        )
+
+
+def stratified_split(samples: list[Sample], fractions: tuple[float, ...], seed: int) -> list[list[Sample]]:
+    """Split per class by ``fractions`` (the rest stays first); same seed, same split."""
+    parts: list[list[Sample]] = [[] for _ in range(len(fractions) + 1)]
+    by_class: dict[int, list[Sample]] = {}
+    for sample in samples:
+        by_class.setdefault(sample[1], []).append(sample)
+    for label in sorted(by_class):
+        items = sorted(by_class[label])
+        random.Random(f"{seed}-{label}").shuffle(items)
+        start = 0
+        for i, fraction in enumerate(fractions, start=1):
+            count = min(round(len(items) * fraction), len(items) - start - 1)
+            parts[i] += items[start : start + max(count, 0)]
+            start += max(count, 0)
+        parts[0] += items[start:]
+    return parts
+
+
+def resolve_splits(channels: dict[str, Path], args) -> Splits:
+    """Find the layout of the channels and list the samples of each split."""
+    if "training" not in channels:
+        raise TrainingError(f"no 'training' channel (got: {sorted(channels) or 'none'})")
+    root = channels["training"]
+    if root.is_dir() and _subfolders(root) == [CALTECH_WRAPPER]:
+        root = root / CALTECH_WRAPPER
+    sub = set(_subfolders(root)) if root.is_dir() else set()
+    val_folder = next((f for f in VALIDATION_FOLDERS if f in sub), None)
+    if "train" in sub and val_folder:
+        dirs = {"training": root / "train", "validation": root / val_folder}
+        if "test" in sub:
+            dirs["test"] = root / "test"
+        layout = "course (train/valid/test subfolders)"
+    else:
+        dirs = {k: v for k, v in channels.items() if k in ("validation", "test")} | {"training": root}
+        layout = "one ImageFolder per channel"
+    folders = _class_folders(dirs["training"], "training", args.drop_clutter)
+    train = scan(dirs["training"], folders, "training")
+    split_off = [name for name in ("validation", "test") if name not in dirs]
+    fractions = {"validation": args.val_split, "test": args.test_split}
+    if split_off:
+        layout += f"; {' and '.join(split_off)} split off training by class"
+        train, *rest = stratified_split(train, tuple(fractions[n] for n in split_off), args.seed)
+        dirs_split = dict(zip(split_off, rest, strict=True))
+    else:
+        dirs_split = {}
+    found = {}
+    for name in ("validation", "test"):
+        if name in dirs:
+            _same_classes(folders, dirs[name], name, args.drop_clutter)
+            found[name] = scan(dirs[name], folders, name)
+    found |= dirs_split
+    names = [display_name(f) for f in folders]
+    return Splits(names, train, found.get("validation", []), found.get("test", []), layout)
+
+
+class ImageDataset(Dataset):
+    """Decodes with the artifact's decoder; an unreadable file yields ``None``, not a crash."""
+
+    def __init__(self, samples: list[Sample], transform, draft_size: int):
+        self.samples, self.transform, self.draft_size = samples, transform, draft_size
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        try:
+            image = model_artifact.decode_image(path, self.draft_size)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            log.warning("skipping unreadable image %s: %s", path, exc)
+            return None, label, index
+        return self.transform(image), label, index
+
+
+def collate(batch):
+    """Stack the readable images; report the indices of unreadable ones."""
+    good = [item for item in batch if item[0] is not None]
+    bad = [item[2] for item in batch if item[0] is None]
+    if not good:
+        return None, None, bad
+    images = torch.stack([item[0] for item in good])
+    labels = torch.tensor([item[1] for item in good])
+    return images, labels, bad
+
+
+class EpochSampler(Sampler[int]):
+    """A per-epoch permutation from (seed, epoch), sharded evenly across ranks, resumable."""
+
+    def __init__(self, size: int, rank: int, world: int, seed: int, shuffle: bool = True):
+        self.size, self.rank, self.world, self.seed, self.shuffle = size, rank, world, seed, shuffle
+        self.per_rank = math.ceil(size / world) if shuffle else len(range(rank, size, world))
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        """Iterate epoch ``epoch``, leaving out its first ``skip`` samples (already trained)."""
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self):
+        if not self.shuffle:  # evaluation: plain shards, no padding, so metrics stay exact
+            return iter(range(self.rank, self.size, self.world))
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        order = order.repeat(math.ceil(self.per_rank * self.world / self.size))[: self.per_rank * self.world]
+        return iter(order[self.rank :: self.world][self.skip :].tolist())
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+
+def train_transform(prep: model_artifact.Preprocessing, crop_min_scale: float = 0.08) -> v2.Compose:
+    """Augmentation for training: random resized crop and horizontal flip."""
+    return v2.Compose(
+        [
+            v2.RandomResizedCrop(prep.image_size, scale=(crop_min_scale, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.PILToTensor(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean=list(prep.mean), std=list(prep.std)),
+        ]
+    )
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # workers decode in parallel already; threads would oversubscribe
+
+
+def make_loader(dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int, train: bool, pin: bool):
+    """A DataLoader that keeps its workers alive across epochs."""
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        pin_memory=pin,
+        drop_last=train and len(sampler) > batch_size,  # no size-1 batch for BatchNorm
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+        worker_init_fn=_worker_init if workers > 0 else None,
+    )
+
+
+class BadFiles:
+    """Unreadable files seen so far; fails once they exceed the allowed share."""
+
+    def __init__(self, samples: list[Sample], max_fraction: float, what: str):
+        self.samples, self.max_fraction, self.what = samples, max_fraction, what
+        self.indices: set[int] = set()
+
+    def add(self, indices: list[int]) -> None:
+        """Record unreadable sample indices; raise if too many."""
+        self.indices.update(indices)
+        if len(self.indices) > self.max_fraction * len(self.samples):
+            first = self.samples[min(self.indices)][0]
+            raise TrainingError(
+                f"{len(self.indices)} of {len(self.samples)} {self.what} images are unreadable "
+                f"(e.g. {first}), more than max-bad-fraction={self.max_fraction}: "
+                "fix or remove them, or raise max-bad-fraction"
+            )

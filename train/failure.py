@@ -1,0 +1,49 @@
+"""The failure file: SageMaker shows its first 1024 characters as the job's FailureReason."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+FAILURE_FILE = "failure"
+MAX_REASON = 1024
+
+
+class TrainingError(Exception):
+    """A failure the user can fix; its message is the whole failure reason."""
+
+
+class Stopped(Exception):
+    """The job was asked to stop (SIGTERM) and saved its checkpoint."""
+
+
+def write_failure(output_dir: Path, reason: str) -> None:
+    """Write ``reason`` as the job's failure file, unless another process already did."""
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path = output_dir / FAILURE_FILE
+    if not path.exists():
+        path.write_text(reason[:MAX_REASON] + "\n")
+
+
+@contextlib.contextmanager
+def reported(output_dir: Path, exit_code_on_stop: int = 143) -> Iterator[None]:
+    """Turn any exception into a short failure file, a full log traceback and an exit."""
+    try:
+        yield
+    except Stopped as exc:
+        log.warning("%s", exc)
+        write_failure(output_dir, str(exc))
+        sys.exit(exit_code_on_stop)
+    except TrainingError as exc:
+        log.error("training failed: %s", exc)
+        write_failure(output_dir, str(exc))
+        sys.exit(1)
+    except Exception as exc:  # everything else: a bug or an environment problem
+        log.error("training crashed:\n%s", traceback.format_exc())
+        write_failure(output_dir, f"internal error: {type(exc).__name__}: {exc} (see the log)")
+        sys.exit(1)
