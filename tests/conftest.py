@@ -15,7 +15,15 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_BIN = Path(sys.executable).parent / "train"
 # Fast settings that still learn the sample data from scratch on 2 CPU cores.
-FAST = {"pretrained": "false", "image-size": "48", "batch-size": "16", "crop-min-scale": "0.4", "log-interval": "0"}
+FAST = {
+    "pretrained": "false",
+    "image-size": "64",
+    "batch-size": "16",
+    "lr": "0.005",
+    "lr-warmup-epochs": "1",
+    "crop-min-scale": "0.4",
+    "log-interval": "0",
+}
 
 
 @pytest.fixture(scope="session")
@@ -62,9 +70,7 @@ def job_env(base: Path, **extra: str) -> dict:
 
 def run_train(base: Path, timeout: float = 600, **env: str) -> subprocess.CompletedProcess:
     """Run the ``train`` executable (the toolkit path) to completion."""
-    return subprocess.run(
-        [str(TRAIN_BIN)], env=job_env(base, **env), capture_output=True, text=True, timeout=timeout
-    )
+    return subprocess.run([str(TRAIN_BIN)], env=job_env(base, **env), capture_output=True, text=True, timeout=timeout)
 
 
 def failure_text(base: Path) -> str:
@@ -78,7 +84,7 @@ def trained_job(sample_data, tmp_path_factory) -> tuple[Path, subprocess.Complet
     base = make_job(
         tmp_path_factory.mktemp("job"),
         {c: sample_data / c for c in ("training", "validation", "test")},
-        FAST | {"epochs": "10", "lr": "0.02"},
+        FAST | {"epochs": "10"},
     )
     result = run_train(base)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

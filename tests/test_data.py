@@ -83,6 +83,12 @@ def test_raw_caltech256_layout(tmp_path, wrapped, drop_clutter):
     assert all(p.suffix == ".jpg" for p, _ in splits.train + splits.val)  # RENAME2 is not an image
 
 
+def test_hidden_files_are_not_images(tmp_path):
+    root = image_folder(tmp_path / "training", {"a": 2, "b": 2})
+    (root / "a" / "._a_0000.jpg").write_bytes(b"macOS resource fork")
+    assert len(data.scan(root, ["a", "b"], "training")) == 4
+
+
 def test_display_names():
     assert data.display_name("001.ak47") == "ak47"
     assert data.display_name("063.electric-guitar-101") == "electric guitar"
@@ -162,7 +168,7 @@ def test_sampler_shards_evenly_and_resumes_where_it_stopped():
         s.set_epoch(2)
     shards = [list(s) for s in ranks]
     assert [len(s) for s in shards] == [4, 4, 4]  # padded so every rank runs the same steps
-    assert set(sum(shards, [])) == set(range(10))
+    assert {i for shard in shards for i in shard} == set(range(10))
     full = list(ranks[0])
     ranks[0].set_epoch(2, skip=2)
     assert list(ranks[0]) == full[2:] and len(ranks[0]) == 2
@@ -172,7 +178,7 @@ def test_sampler_shards_evenly_and_resumes_where_it_stopped():
 
 def test_evaluation_shards_cover_each_sample_once():
     shards = [list(data.EpochSampler(10, r, 3, seed=0, shuffle=False)) for r in range(3)]
-    assert sorted(sum(shards, [])) == list(range(10))
+    assert sorted(i for shard in shards for i in shard) == list(range(10))
 
 
 def test_loader_yields_batches_from_a_worker(tmp_path):

@@ -59,11 +59,15 @@ def _subfolders(root: Path) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
+def _is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
 def scan(root: Path, folders: list[str], what: str) -> list[Sample]:
     """(path, label) for every image file directly inside each class folder."""
     samples: list[Sample] = []
     for label, folder in enumerate(folders):
-        files = sorted(p for p in (root / folder).iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+        files = sorted(p for p in (root / folder).iterdir() if _is_image_file(p))
         if not files:
             raise TrainingError(f"class folder {folder!r} in {what} has no images ({root / folder})")
         samples += [(p, label) for p in files]

@@ -21,6 +21,7 @@ from train import model as model_lib
 from train.failure import Stopped, TrainingError, reported
 
 log = logging.getLogger("train")
+CHANNEL_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 @dataclass
@@ -39,7 +40,7 @@ class Job:
     bad: dict
     stop: checkpoint.StopRequest
     history: list = field(default_factory=list)
-    best: dict = field(default_factory=lambda: {"epoch": None, "val_accuracy": -1.0})
+    best: dict = field(default_factory=lambda: {"epoch": None, "score": -1.0})
 
 
 def cpu_has_native_bf16() -> bool:
@@ -90,7 +91,7 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep):
         dataset = data.ImageDataset(samples, transforms["train" if training else "val"], prep.resize_size)
         samplers[name] = data.EpochSampler(len(samples), ctx.rank, ctx.world_size, args.seed, shuffle=training)
         loaders[name] = data.make_loader(dataset, samplers[name], args.batch_size, workers, training, pin)
-        bad[name] = data.BadFiles(samples, args.max_bad_fraction, name)
+        bad[name] = data.BadFiles(samples, args.max_bad_fraction, CHANNEL_NAMES[name])
     if len(splits.train) < ctx.world_size:
         raise TrainingError(f"{len(splits.train)} training images cannot feed {ctx.world_size} processes")
     log.info(
@@ -197,8 +198,8 @@ def run_epoch(job: Job, epoch: int, meter: loop.Meter) -> None:
     if job.ctx.is_main:
         print(metrics.epoch_line(record), flush=True)
     score = record.get("val_accuracy", float(epoch))  # without validation: the last epoch
-    if score > job.best["val_accuracy"] and job.ctx.is_main:
-        job.best = {"epoch": epoch + 1, "val_accuracy": score}
+    if score > job.best["score"] and job.ctx.is_main:
+        job.best = {"epoch": epoch + 1, "score": score}
         checkpoint.save(args.checkpoint_dir, job.net.state_dict(), checkpoint.BEST_FILE)
     save_checkpoint(job, epoch + 1, loop.Meter())
     if distributed.any_true(job.stop.requested):
@@ -212,7 +213,7 @@ def finish(job: Job) -> None:
     job.net.load_state_dict(distributed.broadcast(state))
     final = {"best_epoch": job.best["epoch"]}
     if job.splits.val:
-        final["best_val_accuracy"] = job.best["val_accuracy"]
+        final["best_val_accuracy"] = job.best["score"]
     if job.splits.test:
         test = loop.evaluate(job.step, job.loaders["test"], job.bad["test"])
         final |= {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}

@@ -1,0 +1,46 @@
+# Set-up and everyday commands. `make help` lists them.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+
+.DEFAULT_GOAL := help
+.PHONY: help venv test test-fast lint format demo sample-data bench clean
+
+help: ## List the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+venv: $(STAMP) ## Create .venv with the project and pinned dependencies (reused when up to date)
+
+test: venv ## Lint and run the whole suite
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pytest -q --durations=15
+
+test-fast: venv ## The suite without the slow end-to-end runs
+	$(BIN)/pytest -q -m "not slow"
+
+lint: venv ## ruff check and format check
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: venv ## Format the code with ruff
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+sample-data: venv ## Generate the embedded sample dataset into data/sample
+	$(BIN)/make-sample-data data/sample
+
+demo: venv ## Train on the sample dataset through `train`, then classify its test images
+	$(BIN)/python scripts/demo_host.py
+
+bench: venv ## Print training and loader throughput on this machine
+	$(BIN)/python bench/train_throughput.py
+
+clean: ## Remove build outputs and the generated sample data (keeps .venv)
+	rm -rf build data .pytest_cache .ruff_cache

@@ -1,0 +1,102 @@
+"""The artifact format: round trip, checksum, safe loading, preprocessing."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+import model_artifact
+from model_artifact import ArtifactError, Metadata, Preprocessing
+
+
+def saved(tmp_path, architecture="resnet18", classes=("cat", "dog", "eel")):
+    model = model_artifact.build_model(architecture, len(classes))
+    meta = Metadata(architecture, list(classes), Preprocessing.for_image_size(32), metrics={"test_accuracy": 0.5})
+    model_artifact.save(tmp_path, model.state_dict(), meta)
+    return model
+
+
+def test_round_trip_gives_the_same_outputs(tmp_path):
+    model = saved(tmp_path).eval()
+    loaded, meta = model_artifact.load(tmp_path)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(loaded(x), model(x))
+    assert meta.class_names == ["cat", "dog", "eel"] and meta.num_classes == 3
+    assert meta.preprocessing == Preprocessing(image_size=32, resize_size=37)
+    assert meta.versions["torch"] == torch.__version__ and len(meta.weights_sha256) == 64
+
+
+def test_weights_load_with_weights_only(tmp_path):
+    saved(tmp_path)
+    state = torch.load(tmp_path / model_artifact.WEIGHTS_FILE, weights_only=True)
+    assert "fc.weight" in state and state["fc.weight"].shape == (3, 512)
+
+
+def test_tampered_weights_fail_the_checksum(tmp_path):
+    saved(tmp_path)
+    with open(tmp_path / model_artifact.WEIGHTS_FILE, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ArtifactError, match="checksum"):
+        model_artifact.load(tmp_path)
+
+
+def test_pickled_code_is_never_executed(tmp_path):
+    saved(tmp_path)
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("pwned",))
+
+    weights = tmp_path / model_artifact.WEIGHTS_FILE
+    torch.save({"x": Evil()}, weights)
+    meta = json.loads((tmp_path / model_artifact.METADATA_FILE).read_text())
+    meta["weights_sha256"] = model_artifact._sha256(weights)
+    (tmp_path / model_artifact.METADATA_FILE).write_text(json.dumps(meta))
+    with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
+        model_artifact.load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda m: m.update(format_version=99), "format 99 is not supported"),
+        (lambda m: m.pop("architecture"), "malformed"),
+        (lambda m: m.update(class_names=[]), "no class names"),
+        (lambda m: m.update(class_names=["a", "b"]), "weights do not fit"),
+    ],
+)
+def test_bad_metadata_is_a_clear_error(tmp_path, edit, message):
+    saved(tmp_path)
+    path = tmp_path / model_artifact.METADATA_FILE
+    meta = json.loads(path.read_text())
+    edit(meta)
+    path.write_text(json.dumps(meta))
+    with pytest.raises(ArtifactError, match=message):
+        model_artifact.load(tmp_path)
+
+
+def test_missing_artifact_and_stray_tarballs(tmp_path):
+    with pytest.raises(ArtifactError, match="not found"):
+        model_artifact.load(tmp_path)
+    saved(tmp_path)
+    (tmp_path / "model.tar.gz").write_bytes(b"left here by SDK v2 local mode")
+    model, _ = model_artifact.load(tmp_path)
+    assert not model.training
+
+
+def test_eval_transform_resizes_and_crops():
+    prep = Preprocessing.for_image_size(48)
+    tensor = model_artifact.eval_transform(prep)(Image.new("RGB", (200, 100), (255, 255, 255)))
+    assert tensor.shape == (3, 48, 48)
+    expected = (1 - prep.mean[0]) / prep.std[0]
+    assert tensor[0, 0, 0].item() == pytest.approx(expected, abs=1e-3)
+
+
+def test_jpeg_draft_decodes_large_photos_smaller(tmp_path):
+    path = tmp_path / "big.jpg"
+    Image.new("RGB", (2000, 1600), (10, 20, 30)).save(path)
+    assert model_artifact.decode_image(path, draft_size=256).size == (500, 400)
+    assert model_artifact.decode_image(path).size == (2000, 1600)
