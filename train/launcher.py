@@ -44,11 +44,12 @@ def child_environments(env: environment.Environment) -> list[dict]:
     ]
 
 
-def _forward(children: list[subprocess.Popen]):
+def _forward(children: list[subprocess.Popen], received: list[int]):
     def handler(signum, _frame):
         log.warning(
             "launcher received %s: forwarding to %d training process(es)", signal.Signals(signum).name, len(children)
         )
+        received.append(signum)
         for child in children:
             if child.poll() is None:
                 child.send_signal(signum)
@@ -80,11 +81,16 @@ def main() -> None:
         distributed.wait_for_hosts(env.hosts)
     command = [sys.executable, "-m", "train", *env.to_cmd_args()]
     children: list[subprocess.Popen] = []
+    received: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _forward(children))
+        signal.signal(sig, _forward(children, received))
     for child_env in child_environments(env):
+        if received:  # stopped while waiting for hosts: nothing trained, nothing to save
+            break
         children.append(subprocess.Popen(command, env=child_env))
     codes = _wait(children)
+    if received and not children:
+        raise errors.ClientError("stopped by signal before training started")
     if any(codes):
         reasons = [f"exit code {c}" if c > 0 else f"killed by {signal.Signals(-c).name}" for c in codes if c]
         raise errors.ClientError(f"training process failed ({', '.join(reasons)}); see the log")

@@ -175,8 +175,9 @@ def run_epoch(job: Job, epoch: int, meter: loop.Meter) -> None:
         group["lr"] = lr_at(args, epoch)
     job.samplers["train"].set_epoch(epoch, skip=meter.batches * args.batch_size)
     started = time.perf_counter()
+    log_interval = args.log_interval if job.ctx.is_main else 0
     finished = loop.train_one_epoch(
-        job.step, job.loaders["train"], meter, job.bad["train"], job.stop, epoch + 1, args.log_interval
+        job.step, job.loaders["train"], meter, job.bad["train"], job.stop, epoch + 1, log_interval
     )
     if not finished:
         save_checkpoint(job, epoch, meter)
