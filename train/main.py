@@ -168,6 +168,20 @@ def restore(job: Job) -> tuple[int, loop.Meter]:
     return state["epoch"], meter
 
 
+def epoch_record(job: Job, epoch: int, meter: loop.Meter, started: float) -> dict:
+    """Training metrics of the epoch plus a validation pass, as one history record."""
+    train = meter.summary(job.ctx.world_size)
+    val = loop.evaluate(job.step, job.loaders["val"], job.bad["val"]) if job.splits.val else {}
+    record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
+    record |= {f"val_{k}": val[k] for k in ("loss", "accuracy") if k in val}
+    return record | {
+        "lr": lr_at(job.args, epoch),
+        "img_per_sec": train["img_per_sec"],
+        "data_wait": train["data_wait"],
+        "epoch_time": time.perf_counter() - started,  # training and validation
+    }
+
+
 def run_epoch(job: Job, epoch: int, meter: loop.Meter) -> None:
     """Train (or finish) one epoch, validate, record, checkpoint; raise Stopped on SIGTERM."""
     args = job.args
@@ -185,16 +199,7 @@ def run_epoch(job: Job, epoch: int, meter: loop.Meter) -> None:
             f"stopped by signal in epoch {epoch + 1} after {meter.batches} batches; "
             f"checkpoint saved in {args.checkpoint_dir}: rerun the job with it to resume"
         )
-    train = meter.summary(job.ctx.world_size)
-    val = loop.evaluate(job.step, job.loaders["val"], job.bad["val"]) if job.splits.val else {}
-    record = {"epoch": epoch + 1, "train_loss": train["loss"], "train_accuracy": train["accuracy"]}
-    record |= {f"val_{k}": val[k] for k in ("loss", "accuracy") if k in val}
-    record |= {
-        "lr": lr_at(args, epoch),
-        "img_per_sec": train["img_per_sec"],
-        "data_wait": train["data_wait"],
-        "epoch_time": time.perf_counter() - started,
-    }
+    record = epoch_record(job, epoch, meter, started)
     job.history.append(record)
     if job.ctx.is_main:
         print(metrics.epoch_line(record), flush=True)
