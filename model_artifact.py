@@ -158,15 +158,22 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def decode_image(source: bytes | str | os.PathLike, draft_size: int | None = None) -> Image.Image:
+def decode_image(
+    source: bytes | str | os.PathLike, draft_size: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
     """Decode an image file or bytes to upright RGB.
 
     ``draft_size`` lets JPEG decode at a reduced scale that still covers it (much faster
-    for large photos); training evaluation and serving pass the same value.
+    for large photos); training evaluation and serving pass the same value. ``max_pixels``
+    refuses larger images before decoding them (decompression bombs).
     Raises ``PIL.UnidentifiedImageError``/``OSError``/``Image.DecompressionBombError``.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     with Image.open(stream) as image:
+        if max_pixels and image.width * image.height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels} pixels"
+            )
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()

@@ -1,0 +1,150 @@
+"""Request bodies → images, predictions → response bodies; bad input → ``RequestError``.
+
+Accepted content types:
+
+- ``image/jpeg``, ``image/png``, ``image/webp``, ``application/x-image`` (and any other
+  ``image/*`` Pillow reads): the body is one image;
+- ``application/json``: ``{"instances": [{"b64": "<base64 image>"}, ...], "top_k": 3}``
+  (``top_k`` optional): several images, predicted as one batch.
+
+``top_k`` may also come as SageMaker custom attributes (``CustomAttributes="top_k=3"``,
+the ``X-Amzn-SageMaker-Custom-Attributes`` header). The response is always JSON:
+``{"predictions": [{"label": ..., "probability": ..., "top_k": [{"label", "probability"}]}]}``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+
+import torch
+from PIL import Image
+
+import model_artifact
+
+JSON = "application/json"
+IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image")
+CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+
+
+class RequestError(Exception):
+    """A client error: HTTP ``status`` and a one-line reason."""
+
+    def __init__(self, status: int, reason: str):
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What one request may carry, and the decoder's draft size (as in training evaluation)."""
+
+    max_images: int
+    max_pixels: int
+    draft_size: int | None = None
+
+
+@dataclass
+class Request:
+    """A decoded request: RGB images and the asked-for ``top_k`` (None: default)."""
+
+    images: list[Image.Image]
+    top_k: int | None = None
+
+
+def media_type(header: str | None) -> str:
+    """``image/JPEG; charset=x`` → ``image/jpeg``; missing → ``""``."""
+    return (header or "").split(";")[0].strip().lower()
+
+
+def check_accept(accept: str | None) -> None:
+    """Only JSON is produced: anything else that excludes it is a 406."""
+    wanted = [media_type(part) for part in (accept or "").split(",") if part.strip()]
+    if wanted and not any(w in (JSON, "*/*", "application/*") for w in wanted):
+        raise RequestError(406, f"cannot produce {accept!r}; this endpoint answers {JSON}")
+
+
+def decode(body: bytes | bytearray | None, content_type: str | None, options: DecodeOptions) -> Request:
+    """Decode one request body by its content type."""
+    if not body:
+        raise RequestError(400, "empty request body: send an image or JSON instances")
+    kind = media_type(content_type)
+    if kind == JSON:
+        return _decode_json(bytes(body), options)
+    if kind in IMAGE_TYPES or kind.startswith("image/"):
+        return Request([_decode_image(bytes(body), options, "the body")])
+    raise RequestError(415, f"unsupported content type {content_type!r}; send {', '.join(IMAGE_TYPES)} or {JSON}")
+
+
+def _decode_json(body: bytes, options: DecodeOptions) -> Request:
+    try:
+        payload = json.loads(body)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise RequestError(400, f"invalid JSON: {exc}") from None
+    instances = payload.get("instances") if isinstance(payload, dict) else None
+    if not isinstance(instances, list) or not instances:
+        raise RequestError(400, 'expected {"instances": [{"b64": "<base64 image>"}, ...]}')
+    if len(instances) > options.max_images:
+        raise RequestError(400, f"too many images: {len(instances)} > {options.max_images} per request")
+    images = []
+    for i, instance in enumerate(instances):
+        if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
+            raise RequestError(400, f'instances[{i}] must be {{"b64": "<base64 image>"}}')
+        try:
+            data = base64.b64decode(instance["b64"], validate=True)
+        except (binascii.Error, ValueError):
+            raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
+        images.append(_decode_image(data, options, f"instances[{i}]"))
+    return Request(images, parse_top_k(payload.get("top_k")))
+
+
+def _decode_image(data: bytes, options: DecodeOptions, where: str) -> Image.Image:
+    try:
+        return model_artifact.decode_image(data, options.draft_size, options.max_pixels)
+    except Image.DecompressionBombError as exc:
+        raise RequestError(413, f"{where}: {exc}") from None
+    except (OSError, ValueError, SyntaxError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise RequestError(400, f"{where} is not a readable image: {reason}") from None
+
+
+def parse_top_k(value) -> int | None:
+    """A positive integer, or None when absent."""
+    if value is None:
+        return None
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        k = 0
+    if k < 1 or str(value).strip() not in (str(k), f"{k}.0"):
+        raise RequestError(400, f"top_k must be a positive integer, got {value!r}")
+    return k
+
+
+def top_k_from_attributes(header: str | None) -> int | None:
+    """``top_k`` from SageMaker custom attributes (``a=1,top_k=3``)."""
+    for item in (header or "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == "top_k":
+            return parse_top_k(value.strip())
+    return None
+
+
+def encode_predictions(probabilities: torch.Tensor, class_names: list[str], k: int) -> str:
+    """JSON of the top-``k`` labels and probabilities of each row."""
+    values, indices = probabilities.topk(min(k, len(class_names)), dim=1)
+    predictions = []
+    for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+        top = [
+            {"label": class_names[i], "probability": round(p, 6)} for p, i in zip(row_values, row_indices, strict=True)
+        ]
+        predictions.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+    return json.dumps({"predictions": predictions})
+
+
+def encode_error(status: int, reason: str) -> str:
+    """The one-line JSON body of an error response."""
+    return json.dumps({"error": reason, "status": status})

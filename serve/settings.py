@@ -1,0 +1,88 @@
+"""Serving settings, all from the environment: the one table users configure.
+
+| variable | default | meaning |
+|---|---|---|
+| SAGEMAKER_BIND_TO_PORT | 8080 | port of /ping and /invocations |
+| SAGEMAKER_MODEL_SERVER_WORKERS | GPUs: one per GPU; CPU: CPUs/4 (at least 1) | model copies (MMS workers) |
+| SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS | 60 | per-request timeout |
+| SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | larger requests get 413 |
+| SAGEMAKER_MULTI_MODEL | false | multi-model endpoint (models under /opt/ml/models) |
+| SERVE_TOP_K | 5 | labels per image unless the request asks otherwise |
+| SERVE_MAX_IMAGES | 64 | images per request |
+| SERVE_MAX_PIXELS | 40000000 | pixels per image (decompression bombs get 413) |
+| SERVE_TORCH_THREADS | CPUs / workers | intra-op threads of each CPU worker |
+| SERVE_BATCH_SIZE | 1 | MMS server-side batching: requests per batch |
+| SERVE_MAX_BATCH_DELAY_MS | 50 | MMS: longest wait to fill a batch |
+| SERVE_LOG_LEVEL | INFO | Python log level of the workers |
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MODEL_NAME = "model"  # the name MMS gives the single model of a single-model endpoint
+
+
+def available_cpus() -> int:
+    """CPUs this container may use (affinity and cgroup quota)."""
+    cpus = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cpus = min(cpus, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return cpus
+
+
+def _int(name: str, default: int, low: int = 1) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not an integer") from None
+    if value < low:
+        raise ValueError(f"{name}={raw!r} must be >= {low}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The resolved serving settings."""
+
+    port: int
+    workers: int
+    timeout_seconds: int
+    max_payload_mb: int
+    multi_model: bool
+    top_k: int
+    max_images: int
+    max_pixels: int
+    torch_threads: int
+    batch_size: int
+    max_batch_delay_ms: int
+    log_level: str
+
+    @classmethod
+    def from_env(cls, gpus: int = 0) -> Settings:
+        """Read the table above; raises ValueError naming a bad variable."""
+        cpus = available_cpus()
+        workers = _int("SAGEMAKER_MODEL_SERVER_WORKERS", gpus or max(1, cpus // 4))
+        return cls(
+            port=_int("SAGEMAKER_BIND_TO_PORT", 8080),
+            workers=workers,
+            timeout_seconds=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60),
+            max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
+            multi_model=os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true",
+            top_k=_int("SERVE_TOP_K", 5),
+            max_images=_int("SERVE_MAX_IMAGES", 64),
+            max_pixels=_int("SERVE_MAX_PIXELS", 40_000_000),
+            torch_threads=_int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
+            batch_size=_int("SERVE_BATCH_SIZE", 1),
+            max_batch_delay_ms=_int("SERVE_MAX_BATCH_DELAY_MS", 50, low=0),
+            log_level=os.environ.get("SERVE_LOG_LEVEL", "INFO").upper(),
+        )
