@@ -5,12 +5,14 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast lint format demo sample-data bench clean
+.PHONY: help venv test test-fast lint format demo serve-demo sample-data bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
+	@# multi-model-server (serving) runs on Java 17
+	command -v java >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq openjdk-17-jre-headless)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
@@ -35,6 +37,9 @@ format: venv ## Format the code with ruff
 
 sample-data: venv ## Generate the embedded sample dataset into data/sample
 	$(BIN)/make-sample-data data/sample
+
+serve-demo: venv ## Serve build/demo/model (after make demo) on http://localhost:8080 until Ctrl-C
+	SAGEMAKER_BASE_DIR=build/demo $(BIN)/serve
 
 demo: venv ## Train on the sample dataset through `train`, then classify its test images
 	$(BIN)/python scripts/demo_host.py

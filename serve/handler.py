@@ -65,6 +65,8 @@ class ClassifierService:
 
     def handle(self, requests: list[dict], context) -> list[str]:
         """One response body per request; statuses and content types set on ``context``."""
+        if len(requests) > 1:
+            log.info("batch of %d requests", len(requests))
         bodies: list[str | None] = [None] * len(requests)
         decoded: dict[int, codecs.Request] = {}
         for idx, request in enumerate(requests):

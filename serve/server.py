@@ -10,26 +10,29 @@ gets wrong:
   server too (``serve.handler``);
 - logs: stdout only, no access line per ``/ping``;
 - workers: one per GPU, or a few on CPU with torch threads shared out, not one per core;
-- server-side batching: the model is registered with MMS batch size and delay when asked.
+- stopping: SIGTERM stops the frontend and its workers (MMS leaves them orphaned), and the
+  frontend exiting by itself is a failure, not a clean exit.
+
+MMS 1.1.11 answers SageMaker's bare ``/invocations`` only for the model named on its
+command line, which it registers with batch size 1: server-side batching across requests
+is not available on a single-model endpoint (re-registering with a batch size makes
+``/invocations`` answer 400 "Parameter model_name is required"). The images of one request
+are always predicted as one batch.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import signal
 import subprocess
 import sys
-import threading
-import time
-import urllib.parse
-import urllib.request
+import warnings
 from pathlib import Path
 
 from serve.handler import SERVER_PID_ENV
-from serve.settings import MODEL_NAME, Settings
+from serve.settings import Settings
 
 log = logging.getLogger("serve")
 HANDLER = "serve.handler:handle"
@@ -103,6 +106,22 @@ def _reap_quietly(_signum, _frame) -> None:
         pass
 
 
+class _Stop:
+    """Whether SIGTERM asked for the stop (otherwise MMS ending is a failure)."""
+
+    requested = False
+
+    @classmethod
+    def install(cls, mms_process) -> None:
+        """Replaces sagemaker-inference's SIGTERM handler: same action, but remembered."""
+
+        def terminate(_signum, _frame) -> None:
+            cls.requested = True
+            mms_process.terminate()
+
+        signal.signal(signal.SIGTERM, terminate)
+
+
 def _stop_on_worker_failure(signum, _frame) -> None:
     log.error("a model worker could not load the model: stopping (see the worker's log above)")
     from sagemaker_inference import model_server
@@ -112,28 +131,6 @@ def _stop_on_worker_failure(signum, _frame) -> None:
         stop_descendants()
     finally:
         os._exit(1)
-
-
-def register_batched_model(settings: Settings, model_dir: Path, timeout: float = 120) -> None:
-    """Register the model with MMS server-side batching once the management API answers."""
-    query = urllib.parse.urlencode(
-        {
-            "url": str(model_dir), "model_name": MODEL_NAME, "batch_size": settings.batch_size,
-            "max_batch_delay": settings.max_batch_delay_ms, "initial_workers": settings.workers,
-            "synchronous": "true",
-        }
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{settings.port}/models?{query}"
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(urllib.request.Request(url, method="POST"), timeout=timeout) as response:
-                log.info("registered with batch size %d: %s", settings.batch_size, json.loads(response.read()))
-                return
-        except OSError:
-            time.sleep(0.5)
-    log.error("could not register the model with MMS within %.0f s", timeout)
-    os.kill(os.getpid(), signal.SIGUSR1)
 
 
 def main() -> None:
@@ -153,20 +150,21 @@ def main() -> None:
         preflight(model_dir)
     signal.signal(signal.SIGUSR1, _stop_on_worker_failure)
     signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
     from sagemaker_inference import model_server  # reads SAGEMAKER_MULTI_MODEL when imported
 
     logging.getLogger("sagemaker-inference").propagate = False  # it has its own handler
+    model_server._add_sigterm_handler = _Stop.install
     model_server.DEFAULT_MMS_LOG_FILE = LOG_CONFIG
-    if settings.batch_size > 1 and not settings.multi_model:
-        # Models named on MMS's command line get batch size 1: start without it, register.
-        model_server.ENABLE_MULTI_MODEL = True
-        threading.Thread(target=register_batched_model, args=(settings, model_dir), daemon=True).start()
     model_server._reap_children = _reap_quietly
     become_subreaper()
     try:
         model_server.start_model_server(handler_service=HANDLER)
     finally:
         stop_descendants()
+    if not _Stop.requested:
+        log.error("the model server exited on its own (see its log above)")
+        sys.exit(1)
     log.info("model server stopped")
 
 

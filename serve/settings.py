@@ -11,8 +11,6 @@
 | SERVE_MAX_IMAGES | 64 | images per request |
 | SERVE_MAX_PIXELS | 40000000 | pixels per image (decompression bombs get 413) |
 | SERVE_TORCH_THREADS | CPUs / workers | intra-op threads of each CPU worker |
-| SERVE_BATCH_SIZE | 1 | MMS server-side batching: requests per batch |
-| SERVE_MAX_BATCH_DELAY_MS | 50 | MMS: longest wait to fill a batch |
 | SERVE_LOG_LEVEL | INFO | Python log level of the workers |
 """
 
@@ -21,8 +19,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-MODEL_NAME = "model"  # the name MMS gives the single model of a single-model endpoint
 
 
 def available_cpus() -> int:
@@ -37,7 +33,7 @@ def available_cpus() -> int:
     return cpus
 
 
-def _int(name: str, default: int, low: int = 1) -> int:
+def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -45,8 +41,8 @@ def _int(name: str, default: int, low: int = 1) -> int:
         value = int(raw)
     except ValueError:
         raise ValueError(f"{name}={raw!r} is not an integer") from None
-    if value < low:
-        raise ValueError(f"{name}={raw!r} must be >= {low}")
+    if value < low or (high is not None and value > high):
+        raise ValueError(f"{name}={raw!r} must be between {low} and {high or 'any'}")
     return value
 
 
@@ -63,8 +59,6 @@ class Settings:
     max_images: int
     max_pixels: int
     torch_threads: int
-    batch_size: int
-    max_batch_delay_ms: int
     log_level: str
 
     @classmethod
@@ -73,7 +67,7 @@ class Settings:
         cpus = available_cpus()
         workers = _int("SAGEMAKER_MODEL_SERVER_WORKERS", gpus or max(1, cpus // 4))
         return cls(
-            port=_int("SAGEMAKER_BIND_TO_PORT", 8080),
+            port=_int("SAGEMAKER_BIND_TO_PORT", 8080, high=32767),  # MMS refuses higher ports
             workers=workers,
             timeout_seconds=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60),
             max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
@@ -82,7 +76,5 @@ class Settings:
             max_images=_int("SERVE_MAX_IMAGES", 64),
             max_pixels=_int("SERVE_MAX_PIXELS", 40_000_000),
             torch_threads=_int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
-            batch_size=_int("SERVE_BATCH_SIZE", 1),
-            max_batch_delay_ms=_int("SERVE_MAX_BATCH_DELAY_MS", 50, low=0),
             log_level=os.environ.get("SERVE_LOG_LEVEL", "INFO").upper(),
         )

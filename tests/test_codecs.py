@@ -1,0 +1,107 @@
+"""Request decoding and response encoding, without a server."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from serve import codecs
+from serve.codecs import DecodeOptions, RequestError
+
+OPTIONS = DecodeOptions(max_images=3, max_pixels=10_000)
+
+
+def encoded(fmt: str = "PNG", size=(20, 10), mode="RGB") -> bytes:
+    out = io.BytesIO()
+    Image.new(mode, size, 200 if mode == "L" else (200, 10, 10)).save(out, fmt)
+    return out.getvalue()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize(
+    "content_type,fmt",
+    [("image/jpeg", "JPEG"), ("image/png", "PNG"), ("image/webp", "WEBP"), ("application/x-image", "PNG"),
+     ("image/bmp", "BMP"), ("IMAGE/JPEG; charset=binary", "JPEG")],
+)  # fmt: skip
+def test_image_bodies(content_type, fmt):
+    request = codecs.decode(encoded(fmt), content_type, OPTIONS)
+    assert len(request.images) == 1 and request.images[0].mode == "RGB" and request.top_k is None
+
+
+def test_json_instances_and_top_k():
+    body = json.dumps({"instances": [{"b64": b64(encoded())}, {"b64": b64(encoded("JPEG", mode="L"))}], "top_k": 2})
+    request = codecs.decode(body.encode(), "application/json", OPTIONS)
+    assert len(request.images) == 2 and request.top_k == 2
+
+
+@pytest.mark.parametrize(
+    "body,content_type,status,words",
+    [
+        (b"", "image/png", 400, "empty request body"),
+        (b"hello", "text/csv", 415, "unsupported content type 'text/csv'"),
+        (b"hello", None, 415, "unsupported content type None"),
+        (b"not an image", "image/png", 400, "the body is not a readable image"),
+        (b"{bad json", "application/json", 400, "invalid JSON"),
+        (b'{"images": []}', "application/json", 400, '{"instances": [{"b64"'),
+        (b'{"instances": []}', "application/json", 400, '{"instances": [{"b64"'),
+        (b'{"instances": ["abc"]}', "application/json", 400, "instances[0] must be"),
+        (b'{"instances": [{"b64": "***"}]}', "application/json", 400, "instances[0].b64 is not valid base64"),
+        (json.dumps({"instances": [{"b64": b64(b"xx")}]}).encode(), "application/json", 400, "instances[0] is not"),
+        (json.dumps({"instances": [{"b64": "QQ=="}] * 4}).encode(), "application/json", 400, "too many images: 4 > 3"),
+        (json.dumps({"instances": [{"b64": b64(encoded())}], "top_k": 0}).encode(), "application/json", 400, "top_k"),
+        (encoded(size=(200, 100)), "image/png", 413, "exceeds the limit of 10000 pixels"),
+    ],
+)
+def test_bad_requests(body, content_type, status, words):
+    with pytest.raises(RequestError) as err:
+        codecs.decode(body, content_type, OPTIONS)
+    assert err.value.status == status and words in err.value.reason and "\n" not in err.value.reason
+
+
+def test_truncated_image_is_a_400():
+    data = io.BytesIO()
+    Image.effect_noise((64, 64), 50).convert("RGB").save(data, "JPEG")
+    with pytest.raises(RequestError) as err:
+        codecs.decode(data.getvalue()[:300], "image/jpeg", OPTIONS)
+    assert err.value.status == 400
+
+
+@pytest.mark.parametrize("accept", [None, "", "application/json", "*/*", "application/json; q=0.9, text/html"])
+def test_accept_that_we_can_answer(accept):
+    codecs.check_accept(accept)
+
+
+@pytest.mark.parametrize("accept", ["text/csv", "application/x-npy", "image/png, text/html"])
+def test_accept_that_we_cannot_answer_is_406(accept):
+    with pytest.raises(RequestError) as err:
+        codecs.check_accept(accept)
+    assert err.value.status == 406
+
+
+def test_top_k_from_custom_attributes():
+    assert codecs.top_k_from_attributes("trace=1,top_k=3") == 3
+    assert codecs.top_k_from_attributes(None) is None
+    with pytest.raises(RequestError):
+        codecs.top_k_from_attributes("top_k=many")
+
+
+def test_encode_predictions_caps_k_at_the_number_of_classes():
+    probabilities = torch.tensor([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]])
+    payload = json.loads(codecs.encode_predictions(probabilities, ["a", "b", "c"], k=10))
+    first, second = payload["predictions"]
+    assert (first["label"], first["probability"]) == ("b", pytest.approx(0.7))
+    assert [p["label"] for p in first["top_k"]] == ["b", "c", "a"]
+    assert second["label"] == "a" and len(second["top_k"]) == 3
+
+
+def test_error_body_is_one_line_json():
+    body = codecs.encode_error(415, "unsupported content type 'x'")
+    assert json.loads(body) == {"error": "unsupported content type 'x'", "status": 415} and "\n" not in body

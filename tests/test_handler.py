@@ -1,0 +1,112 @@
+"""The MMS handler against MMS's own Context objects: batching, statuses, load failures."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+
+import pytest
+import torch
+from mms.context import Context, RequestProcessor
+from PIL import Image
+
+import model_artifact
+from serve import handler
+from serve.settings import Settings
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model")
+    net = model_artifact.build_model("resnet18", 3)
+    prep = model_artifact.Preprocessing.for_image_size(32)
+    model_artifact.save(path, net.state_dict(), model_artifact.Metadata("resnet18", ["ant", "bee", "cat"], prep))
+    return path
+
+
+@pytest.fixture(scope="module")
+def service(model_dir):
+    svc = handler.ClassifierService()
+    svc.initialize(str(model_dir), None, Settings.from_env())
+    return svc
+
+
+def mms_context(model_dir, headers: list[dict]) -> Context:
+    context = Context("model", str(model_dir), None, len(headers), None, "1.1.11")
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    return context
+
+
+def png(colour=(10, 200, 30), size=(40, 30)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", size, colour).save(out, "PNG")
+    return out.getvalue()
+
+
+def test_a_batch_of_requests_gets_one_answer_each(service, model_dir):
+    headers = [
+        {"Content-Type": "image/png"},
+        {"content-type": "text/csv"},
+        {"Content-Type": "image/png", "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"},
+        {"Content-Type": "image/png", "Accept": "text/csv"},
+    ]
+    context = mms_context(model_dir, headers)
+    bodies = service.handle([{"body": png()}, {"body": b"1,2"}, {"body": png()}, {"body": png()}], context)
+    statuses = [context.get_response_status(i)[0] for i in range(4)]
+    assert statuses == [200, 415, 200, 406]
+    assert len(json.loads(bodies[0])["predictions"][0]["top_k"]) == 3  # 3 classes < default 5
+    assert len(json.loads(bodies[2])["predictions"][0]["top_k"]) == 2
+    assert json.loads(bodies[1])["status"] == 415
+    assert all(context.get_response_content_type(i) == "application/json" for i in range(4))
+
+
+def test_images_of_all_requests_go_through_the_model_together(service, model_dir, monkeypatch):
+    batches = []
+    original = service.predict
+    monkeypatch.setattr(service, "predict", lambda images: batches.append(len(images)) or original(images))
+    instances = {"instances": [{"b64": __import__("base64").b64encode(png()).decode()}] * 3}
+    context = mms_context(model_dir, [{"Content-Type": "application/json"}, {"Content-Type": "image/png"}])
+    bodies = service.handle([{"body": json.dumps(instances).encode()}, {"body": png()}], context)
+    assert batches == [4]
+    assert len(json.loads(bodies[0])["predictions"]) == 3 and len(json.loads(bodies[1])["predictions"]) == 1
+
+
+def test_same_pixels_as_training_evaluation(service, model_dir, tmp_path):
+    from train import data
+
+    image_path = tmp_path / "a.jpg"
+    Image.effect_noise((300, 200), 60).convert("RGB").save(image_path, quality=90)
+    prep = service.meta.preprocessing
+    dataset = data.ImageDataset([(image_path, 0)], model_artifact.eval_transform(prep), prep.resize_size)
+    with torch.no_grad():
+        expected = service.model(dataset[0][0].unsqueeze(0)).softmax(1)
+    context = mms_context(model_dir, [{"Content-Type": "image/jpeg"}])
+    (body,) = service.handle([{"body": image_path.read_bytes()}], context)
+    top = json.loads(body)["predictions"][0]["top_k"]
+    got = {p["label"]: p["probability"] for p in top}
+    for i, name in enumerate(service.meta.class_names):
+        assert got[name] == pytest.approx(expected[0, i].item(), abs=1e-5)
+
+
+def test_load_failure_stops_a_single_model_server(tmp_path, monkeypatch):
+    received = []
+    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(True))
+    monkeypatch.setenv(handler.SERVER_PID_ENV, str(os.getpid()))
+    try:
+        context = Context("model", str(tmp_path), None, 1, None, "1.1.11")
+        with pytest.raises(model_artifact.ArtifactError):
+            handler.handle(None, context)
+        assert received == [True]
+        monkeypatch.setenv("SAGEMAKER_MULTI_MODEL", "true")  # one bad model must not stop the others
+        with pytest.raises(model_artifact.ArtifactError):
+            handler.handle(None, context)
+        assert received == [True]
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+
+
+def test_preflight_summarises_a_good_model(model_dir):
+    assert handler.preflight(str(model_dir)) == "resnet18 with 3 classes"

@@ -1,0 +1,130 @@
+"""The real server over HTTP: content types, batches, top-k, parity with training, errors."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import shutil
+
+import pytest
+import torch
+from PIL import Image
+
+import model_artifact
+from tests.serving import Server, predict, request
+from train import data
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def served(trained_job, tmp_path_factory):
+    base = tmp_path_factory.mktemp("serve")
+    shutil.copytree(trained_job[0] / "model", base / "model")
+    (base / "model" / "model.tar.gz").write_bytes(b"SDK v2 local mode leaves the tarball here")
+    server = Server(
+        base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", SERVE_MAX_IMAGES="4", SERVE_MAX_PIXELS="1000000", SERVE_TOP_K="3"
+    )
+    try:
+        server.wait_healthy()
+        yield server
+    finally:
+        server.kill_leftovers()
+
+
+def sample_bytes(sample_data, name="test/ball/ball_000.jpg", fmt=None) -> bytes:
+    path = sample_data / name
+    if fmt is None:
+        return path.read_bytes()
+    out = io.BytesIO()
+    Image.open(path).convert("RGB").save(out, fmt)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    "content_type,fmt",
+    [("image/jpeg", None), ("image/png", "PNG"), ("image/webp", "WEBP"), ("application/x-image", None)],
+)
+def test_each_image_content_type(served, sample_data, content_type, fmt):
+    status, body = predict(served.port, sample_bytes(sample_data, fmt=fmt), content_type)
+    assert status == 200, body
+    (prediction,) = body["predictions"]
+    assert prediction["label"] in {"ball", "box", "cone", "ring"} and len(prediction["top_k"]) == 3
+    assert 0 < prediction["probability"] <= 1
+
+
+def test_json_batch_and_top_k(served, sample_data):
+    names = ["test/ball/ball_001.jpg", "test/box/box_001.jpg", "test/ring/ring_003.png"]
+    instances = [{"b64": base64.b64encode(sample_bytes(sample_data, n)).decode()} for n in names]
+    status, body = predict(served.port, json.dumps({"instances": instances, "top_k": 2}).encode(), "application/json")
+    assert status == 200, body
+    assert len(body["predictions"]) == 3 and all(len(p["top_k"]) == 2 for p in body["predictions"])
+    headers = {"X-Amzn-SageMaker-Custom-Attributes": "top_k=1", "Accept": "*/*"}
+    status, body = predict(served.port, sample_bytes(sample_data), **headers)
+    assert status == 200 and len(body["predictions"][0]["top_k"]) == 1
+
+
+def test_http_gives_the_probabilities_of_training_evaluation(served, sample_data):
+    model, meta = model_artifact.load(served.base / "model")
+    prep = meta.preprocessing
+    for name in ("test/cone/cone_002.jpg", "test/ring/ring_003.png"):
+        dataset = data.ImageDataset([(sample_data / name, 0)], model_artifact.eval_transform(prep), prep.resize_size)
+        with torch.no_grad():
+            expected = model(dataset[0][0].unsqueeze(0)).softmax(1)[0]
+        status, body = predict(served.port, (sample_data / name).read_bytes(), "image/jpeg", Accept="application/json")
+        assert status == 200
+        got = {p["label"]: p["probability"] for p in body["predictions"][0]["top_k"]}
+        for label, probability in got.items():
+            assert probability == pytest.approx(expected[meta.class_names.index(label)].item(), abs=1e-5)
+
+
+def _big_png() -> bytes:
+    out = io.BytesIO()
+    Image.new("L", (2000, 1000)).save(out, "PNG")  # 2 Mpx in a few kB: a small decompression bomb
+    return out.getvalue()
+
+
+ERRORS = [
+    ("malformed image", b"\x89PNG garbage", "image/png", {}, 400),
+    ("empty body", b"", "image/jpeg", {}, 400),
+    ("wrong content type", b"a,b\n1,2", "text/csv", {}, 415),
+    ("bad JSON", b'{"instances": [', "application/json", {}, 400),
+    ("too many images", json.dumps({"instances": [{"b64": "QQ=="}] * 5}).encode(), "application/json", {}, 400),
+    ("pixel limit", _big_png(), "image/png", {}, 413),
+    ("unanswerable Accept", b"x", "image/png", {"Accept": "text/csv"}, 406),
+]
+
+
+@pytest.mark.parametrize("case,body,content_type,headers,status", ERRORS, ids=[e[0] for e in ERRORS])
+def test_errors_are_one_line_4xx_and_the_worker_keeps_serving(
+    served, sample_data, case, body, content_type, headers, status
+):
+    got, answer = predict(served.port, body, content_type, **headers)
+    assert got == status, answer
+    assert isinstance(answer, dict) and answer["status"] == status and "\n" not in answer["error"]
+    assert "Traceback" not in json.dumps(answer)
+    assert request(served.port, "/ping", method="GET")[0] == 200
+    assert predict(served.port, sample_bytes(sample_data))[0] == 200
+
+
+def test_truncated_image_is_a_400(served, sample_data):
+    whole = sample_bytes(sample_data)
+    status, answer = predict(served.port, whole[: len(whole) // 2])
+    assert status == 400 and "not a readable image" in answer["error"]
+
+
+def test_payload_above_the_limit_is_413(served, sample_data):
+    status, answer = predict(served.port, b"\xff" * (1024 * 1024 + 10), "image/jpeg")
+    assert status == 413, answer
+    assert "Traceback" not in str(answer)
+    assert predict(served.port, sample_bytes(sample_data))[0] == 200
+
+
+def test_ping_is_not_logged_but_requests_are(served, sample_data):
+    for _ in range(3):
+        request(served.port, "/ping", method="GET")
+    predict(served.port, sample_bytes(sample_data))
+    log = served.log
+    assert "POST /invocations" in log and "GET /ping" not in log
+    assert "Traceback" not in log

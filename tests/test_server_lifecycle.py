@@ -1,0 +1,90 @@
+"""Starting and stopping the real server: broken artifacts, SIGTERM, multi-model, batching."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+import model_artifact
+from tests.serving import Server, mms_processes, predict, request
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def artifact(trained_job):
+    return trained_job[0] / "model"
+
+
+def wait_exit(server: Server, timeout: float = 60) -> int:
+    try:
+        return server.process.wait(timeout=timeout)
+    finally:
+        server.kill_leftovers()
+
+
+def test_a_broken_artifact_stops_the_container_with_the_reason(artifact, tmp_path):
+    shutil.copytree(artifact, tmp_path / "model")
+    with open(tmp_path / "model" / model_artifact.WEIGHTS_FILE, "r+b") as f:
+        f.seek(1000)
+        f.write(b"corrupted")
+    server = Server(tmp_path)
+    assert wait_exit(server) == 1
+    assert "cannot serve" in server.log and "checksum" in server.log
+    assert "Traceback" not in server.log and not mms_processes()
+
+
+def test_a_missing_model_stops_the_container(tmp_path):
+    server = Server(tmp_path)
+    assert wait_exit(server) == 1
+    assert "artifact.json not found" in server.log
+
+
+@pytest.mark.parametrize(
+    "env,message",
+    [
+        ({"SAGEMAKER_BIND_TO_PORT": "40000"}, "SAGEMAKER_BIND_TO_PORT='40000' must be between 1 and 32767"),
+        ({"SAGEMAKER_MODEL_SERVER_WORKERS": "two"}, "SAGEMAKER_MODEL_SERVER_WORKERS='two' is not an integer"),
+    ],
+)
+def test_bad_settings_are_named(tmp_path, env, message):
+    server = Server(tmp_path, **env)
+    assert wait_exit(server, 30) != 0
+    assert message in server.log
+
+
+def test_sigterm_stops_server_and_workers_cleanly(artifact, tmp_path, sample_data):
+    shutil.copytree(artifact, tmp_path / "model")
+    server = Server(tmp_path, SAGEMAKER_MODEL_SERVER_WORKERS="2")
+    server.wait_healthy()
+    assert predict(server.port, (sample_data / "test/box/box_000.jpg").read_bytes())[0] == 200
+    seconds = server.stop()
+    assert server.process.returncode == 0 and seconds < 30
+    assert not mms_processes() and not server.kill_leftovers()
+
+
+def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
+    for name in ("shapes", "shapes-v2"):
+        shutil.copytree(artifact, tmp_path / "models" / name / "model")
+    server = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
+    try:
+        server.wait_healthy()
+        for name in ("shapes", "shapes-v2"):  # as SageMaker's multi-model platform calls it
+            body = json.dumps({"model_name": name, "url": str(tmp_path / "models" / name / "model")}).encode()
+            status, answer = request(server.port, "/models", body, **{"Content-Type": "application/json"})
+            assert status == 200, answer
+        status, listing = request(server.port, "/models", method="GET")
+        assert {m["modelName"] for m in listing["models"]} == {"shapes", "shapes-v2"}
+        image = (sample_data / "test/ring/ring_000.jpg").read_bytes()
+        status, answer = request(server.port, "/models/shapes/invoke", image, **{"Content-Type": "image/jpeg"})
+        assert status == 200 and answer["predictions"][0]["label"] in {"ball", "box", "cone", "ring"}
+        assert request(server.port, "/models/shapes", method="DELETE")[0] == 200
+        assert request(server.port, "/models/shapes/invoke", image, **{"Content-Type": "image/jpeg"})[0] == 404
+        assert request(server.port, "/models/shapes-v2/invoke", image, **{"Content-Type": "image/jpeg"})[0] == 200
+        body = json.dumps({"model_name": "broken", "url": str(tmp_path / "nowhere")}).encode()
+        assert request(server.port, "/models", body, **{"Content-Type": "application/json"})[0] >= 400
+        assert request(server.port, "/models/shapes-v2/invoke", image, **{"Content-Type": "image/jpeg"})[0] == 200
+    finally:
+        assert server.stop() < 30
