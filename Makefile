@@ -44,8 +44,9 @@ serve-demo: venv ## Serve build/demo/model (after make demo) on http://localhost
 demo: venv ## Train on the sample dataset through `train`, then classify its test images
 	$(BIN)/python scripts/demo_host.py
 
-bench: venv ## Print training and loader throughput on this machine
+bench: venv ## Print training, loader and serving throughput on this machine
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/serve_latency.py
 
 clean: ## Remove build outputs and the generated sample data (keeps .venv)
 	rm -rf build data .pytest_cache .ruff_cache
