@@ -102,7 +102,8 @@ class ClassifierService:
     @staticmethod
     def _error(context, idx: int, status: int, reason: str) -> str:
         log.info("request %d rejected with %d: %s", idx, status, reason)
-        context.set_response_status(status, reason[:200], idx=idx)
+        phrase = " ".join(reason.split())[:200].encode("ascii", "replace").decode()  # an HTTP reason phrase
+        context.set_response_status(status, phrase, idx=idx)
         return codecs.encode_error(status, reason)
 
 

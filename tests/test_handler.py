@@ -63,6 +63,14 @@ def test_a_batch_of_requests_gets_one_answer_each(service, model_dir):
     assert all(context.get_response_content_type(i) == "application/json" for i in range(4))
 
 
+def test_reason_phrases_are_ascii_single_lines(service, model_dir):
+    context = mms_context(model_dir, [{"Content-Type": "text/plain; ünïcode\nline"}])
+    (body,) = service.handle([{"body": b"x"}], context)
+    status, phrase = context.get_response_status(0)
+    assert status == 415 and phrase.isascii() and "\n" not in phrase
+    assert "ünïcode" in json.loads(body)["error"]  # the JSON body keeps the full reason
+
+
 def test_images_of_all_requests_go_through_the_model_together(service, model_dir, monkeypatch):
     batches = []
     original = service.predict
