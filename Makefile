@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-fast lint format demo serve-demo sample-data bench clean
+.PHONY: help venv images base-image wheelhouse test test-fast lint format demo serve-demo sample-data bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -19,7 +19,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 venv: $(STAMP) ## Create .venv with the project and pinned dependencies (reused when up to date)
 
-test: venv ## Lint and run the whole suite
+images: venv ## Build the training and serving images offline (engine, base image, wheelhouse) and print sizes
+	docker/build.sh
+
+base-image: ## Build the Debian base image with debootstrap from this machine's apt mirror
+	docker/engine.sh
+	docker/base-image.sh
+
+wheelhouse: venv ## Download and build every wheel the images install into build/wheelhouse
+	docker/wheelhouse.sh
+
+test: venv images ## Lint and run the whole suite (builds the images first)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q --durations=15

@@ -47,8 +47,14 @@ def gpu_count() -> int:
     return len([d for d in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", d)]) if os.path.isdir("/dev") else 0
 
 
+# MMS's default, -XX:-UseContainerSupport, sizes the Java heap from the host's memory, not
+# the container's limit: the frontend can then outgrow the container and be OOM-killed.
+JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
+
+
 def export_settings(settings: Settings, gpus: int) -> None:
     """Hand the resolved settings to sagemaker-inference, MMS and the workers (environment)."""
+    os.environ.setdefault("SAGEMAKER_MODEL_SERVER_VMARGS", JVM_ARGS)
     os.environ.update(
         {
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers),

@@ -12,6 +12,7 @@
 | SERVE_MAX_PIXELS | 40000000 | pixels per image (decompression bombs get 413) |
 | SERVE_TORCH_THREADS | CPUs / workers | intra-op threads of each CPU worker |
 | SERVE_LOG_LEVEL | INFO | Python log level of the workers |
+| SAGEMAKER_MODEL_SERVER_VMARGS | -XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0 | JVM options of the MMS frontend |
 """
 
 from __future__ import annotations

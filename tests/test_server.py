@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -119,6 +120,11 @@ def test_payload_above_the_limit_is_413(served, sample_data):
     assert status == 413, answer
     assert "Traceback" not in str(answer)
     assert predict(served.port, sample_bytes(sample_data))[0] == 200
+
+
+def test_java_heap_follows_the_container_limit(served):
+    config = Path("/etc/sagemaker-mms.properties").read_text()  # written by sagemaker-inference
+    assert "vmargs=-XX:+UseContainerSupport" in config and f":{served.port}" in config
 
 
 def test_ping_is_not_logged_but_requests_are(served, sample_data):

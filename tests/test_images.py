@@ -1,0 +1,123 @@
+"""The Docker images: built offline by the project's scripts, then run as SageMaker runs them."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+import model_artifact
+from tests.conftest import FAST, REPO
+from tests.serving import free_port, predict, request
+
+pytestmark = pytest.mark.slow
+PREFIX = "byoc-classifier"
+TRAINING, SERVING_CPU, SERVING_GPU = (f"{PREFIX}-{t}:latest" for t in ("training", "serving-cpu", "serving-gpu"))
+
+
+def docker(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
+
+
+@pytest.fixture(scope="session")
+def images():
+    """Build (or reuse, layers are cached) all images with `make images`' script."""
+    result = subprocess.run([str(REPO / "docker" / "build.sh")], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def opt_ml(tmp_path: Path, sample_data: Path, **hyperparameters: str) -> Path:
+    """A real folder (no symlinks: they do not resolve inside the container) laid out like /opt/ml."""
+    base = tmp_path / "opt_ml"
+    (base / "input" / "config").mkdir(parents=True)
+    for channel in ("training", "validation", "test"):
+        shutil.copytree(sample_data / channel, base / "input" / "data" / channel)
+    config = base / "input" / "config"
+    (config / "hyperparameters.json").write_text(json.dumps(FAST | hyperparameters))
+    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1-ab12c", "hosts": ["algo-1-ab12c"]}))
+    (config / "inputdataconfig.json").write_text(json.dumps({"training": {}, "validation": {}, "test": {}}))
+    return base
+
+
+def test_images_are_built_with_labels_and_tools(images):
+    assert "byoc-classifier-training:latest" in images and "serving-cpu" in images
+    labels = {i: json.loads(docker("inspect", i, "--format", "{{json .Config.Labels}}").stdout) or {}
+              for i in (TRAINING, SERVING_CPU, SERVING_GPU)}  # fmt: skip
+    assert labels[SERVING_CPU]["com.amazonaws.sagemaker.capabilities.accept-bind-to-port"] == "true"
+    assert labels[SERVING_CPU]["com.amazonaws.sagemaker.capabilities.multi-models"] == "true"
+    assert "com.amazonaws.sagemaker.capabilities.multi-models" not in labels[SERVING_GPU]
+    tools = docker(
+        "run", "--rm", "--entrypoint", "bash", TRAINING, "-c", "python3 --version; pip --version; command -v train"
+    )
+    assert "Python 3.11" in tools.stdout and "pip " in tools.stdout and "/opt/venv/bin/train" in tools.stdout
+
+
+def test_no_ca_certificate_of_the_build_machine_is_in_the_images(images):
+    host_cas = [p.read_text().strip() for p in Path("/usr/local/share/ca-certificates").glob("*.crt")]
+    for image in (TRAINING, SERVING_CPU):
+        bundle = docker("run", "--rm", "--entrypoint", "cat", image, "/etc/ssl/certs/ca-certificates.crt", check=False)
+        pip_config = docker("run", "--rm", "--entrypoint", "pip", image, "config", "list").stdout
+        for ca in host_cas:
+            body = "".join(ca.splitlines()[1:-1])
+            assert body not in "".join(bundle.stdout.splitlines()), f"a build-machine CA is in {image}"
+        assert pip_config.strip() == ""
+
+
+@pytest.mark.parametrize("command", [["train"], []], ids=["train-argument", "no-argument-sdk-v3"])
+def test_training_image_trains(images, sample_data, tmp_path, command):
+    base = opt_ml(tmp_path, sample_data, epochs="1")
+    result = docker("run", "--rm", "-v", f"{base}:/opt/ml", TRAINING, *command)
+    assert result.returncode == 0
+    _, meta = model_artifact.load(base / "model")
+    assert meta.class_names == ["ball", "box", "cone", "ring"]
+    assert (base / "output" / "success").exists() and (base / "output" / "data" / "metrics.json").exists()
+
+
+def test_sigterm_to_a_training_container_leaves_a_checkpoint(images, sample_data, tmp_path):
+    base = opt_ml(tmp_path, sample_data, epochs="20", **{"log-interval": "1"})
+    name = f"byoc-test-{tmp_path.name[-20:]}".replace("_", "-").lower()
+    docker("run", "-d", "--name", name, "-v", f"{base}:/opt/ml", TRAINING, "train")
+    try:
+        deadline = time.monotonic() + 180
+        while not re.search(r"epoch 1 step 3/", docker("logs", name).stdout) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        started = time.monotonic()
+        docker("stop", "-t", "110", name)  # SIGTERM to PID 1, SIGKILL after 110 s
+        assert time.monotonic() - started < 60
+        state = json.loads(docker("inspect", name, "--format", "{{json .State}}").stdout)
+        assert state["ExitCode"] not in (0, 137), "stopped by SIGKILL or not stopped by the signal"
+        assert (base / "checkpoints" / "checkpoint.pt").exists()
+        assert "stopped by signal in epoch 1" in (base / "output" / "failure").read_text()
+    finally:
+        docker("rm", "-f", name, check=False)
+
+
+def test_serving_image_answers_and_stops_cleanly(images, trained_job, sample_data, tmp_path):
+    shutil.copytree(trained_job[0] / "model", tmp_path / "model")
+    port = free_port()
+    cid = docker(
+        "run", "-d", "-p", f"127.0.0.1:{port}:8080", "-v", f"{tmp_path}:/opt/ml", SERVING_CPU, "serve"
+    ).stdout.strip()
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if request(port, "/ping", method="GET")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        status, body = predict(port, (sample_data / "test/box/box_002.jpg").read_bytes())
+        assert status == 200 and body["predictions"][0]["label"] in {"ball", "box", "cone", "ring"}
+        started = time.monotonic()
+        docker("stop", "-t", "30", cid)
+        assert time.monotonic() - started < 30
+        assert json.loads(docker("inspect", cid, "--format", "{{json .State}}").stdout)["ExitCode"] == 0
+        assert "model server stopped" in docker("logs", cid).stdout
+    finally:
+        docker("rm", "-f", cid, check=False)
