@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images base-image wheelhouse test test-fast lint format demo serve-demo sample-data bench clean
+.PHONY: help venv images base-image wheelhouse push test test-fast lint format demo serve-demo sample-data bench clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -28,6 +28,14 @@ base-image: ## Build the Debian base image with debootstrap from this machine's 
 
 wheelhouse: venv ## Download and build every wheel the images install into build/wheelhouse
 	docker/wheelhouse.sh
+
+REGION ?= $(AWS_DEFAULT_REGION)
+ACCOUNT ?=
+NAME ?= byoc-classifier
+TAG ?= latest
+push: venv ## Push the images to ECR (REGION=, ACCOUNT=, NAME=, TAG=) and print the image URIs
+	@test -n "$(REGION)" || (echo "error: set REGION=... (or AWS_DEFAULT_REGION)" >&2; exit 2)
+	$(BIN)/python -m local_mode.push --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) --name $(NAME) --tag $(TAG)
 
 test: venv images ## Lint and run the whole suite (builds the images first)
 	$(BIN)/ruff check .

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Make sure a Docker engine and docker-compose run on this machine (Debian), idempotently.
-# Installs docker.io, docker-compose and debootstrap when missing, starts dockerd in the
+# Installs docker.io, docker-compose, debootstrap and docker-registry (a local registry for
+# push tests) when missing, starts dockerd in the
 # background when no engine answers, and waits for it. Needs root (as CI and these machines).
 set -euo pipefail
 
-if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || ! command -v debootstrap >/dev/null; then
-  echo "installing docker.io, docker-compose and debootstrap"
+packages=(docker.io docker-compose debootstrap docker-registry)
+if ! command -v dockerd >/dev/null || ! command -v docker-compose >/dev/null || ! command -v debootstrap >/dev/null \
+   || ! command -v docker-registry >/dev/null; then
+  echo "installing ${packages[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io docker-compose debootstrap >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null
 fi
 
 if docker info >/dev/null 2>&1; then
