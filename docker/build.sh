@@ -15,7 +15,12 @@ if [[ "$base" == byoc-base:* ]]; then docker/base-image.sh "$base"; fi
 docker/wheelhouse.sh build/wheelhouse
 
 # Serve the wheelhouse on loopback: copying 3 GB into the build context would stay in a layer.
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The URL is a build argument, hence part of the layer cache key: keep the port fixed.
+port=${WHEELHOUSE_PORT:-38765}
+if ! python3 -c "import socket, sys; socket.socket().bind(('127.0.0.1', $port))" 2>/dev/null; then
+  echo "port $port is busy: using another one (the dependency layer will be rebuilt)"
+  port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+fi
 python3 -m http.server --bind 127.0.0.1 --directory build/wheelhouse "$port" >/dev/null 2>&1 &
 server=$!
 trap 'kill $server 2>/dev/null' EXIT
