@@ -65,7 +65,13 @@ def test_two_hosts_join_one_ddp_group(sample_data, tmp_path):
         )
         for b in bases
     ]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    ended: dict[int, float] = {}
+    deadline = time.monotonic() + 600
+    while len(ended) < 2 and time.monotonic() < deadline:
+        ended |= {i: time.monotonic() for i, p in enumerate(procs) if i not in ended and p.poll() is not None}
+        time.sleep(0.1)
+    outputs = [p.communicate(timeout=60)[0] for p in procs]
+    assert ended[1] > ended[0] + 2, "host 0 (the model's writer) must exit first"  # compose stops the rest
     for proc, out in zip(procs, outputs, strict=True):
         assert proc.returncode == 0, out[-3000:]
         assert "process group ready: world size 2" in out

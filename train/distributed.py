@@ -128,6 +128,12 @@ def broadcast(obj):
     return box[0]
 
 
+def barrier() -> None:
+    """Wait until every rank gets here (no-op when alone)."""
+    if _active():
+        dist.barrier()
+
+
 def shutdown() -> None:
     """Leave the process group cleanly."""
     if _active():

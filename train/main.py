@@ -22,6 +22,7 @@ from train.failure import Stopped, TrainingError, reported
 
 log = logging.getLogger("train")
 CHANNEL_NAMES = {"train": "training", "val": "validation", "test": "test"}
+FOLLOWER_LINGER_SECONDS = 5
 
 
 @dataclass
@@ -273,8 +274,13 @@ def train(args, paths: config.Paths) -> None:
             run_epoch(job, epoch, meter)
             meter = loop.Meter()
         finish(job)
+        distributed.barrier()  # rank 0 has written the model: nobody leaves before that
     finally:
         distributed.shutdown()
+    if job.ctx.rank >= int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
+        # SDK local mode runs hosts with `docker-compose up --abort-on-container-exit`: the
+        # first container to exit stops the others. Let host 0 (the model's writer) go first.
+        time.sleep(FOLLOWER_LINGER_SECONDS)
 
 
 def main(argv: list[str] | None = None) -> None:
