@@ -43,8 +43,10 @@ def make_job(
     hosts: list[str] | None = None,
     current_host: str | None = None,
     quote: bool = False,
+    copy: bool = False,
 ) -> Path:
-    """A folder laid out like /opt/ml; ``quote`` JSON-quotes values as SDK v2 does."""
+    """A folder laid out like /opt/ml; ``quote`` JSON-quotes values as SDK v2 does, ``copy``
+    copies the channels instead of linking them (links do not resolve inside a container)."""
     hosts = hosts or ["algo-1"]
     config = base / "input" / "config"
     config.mkdir(parents=True, exist_ok=True)
@@ -56,7 +58,10 @@ def make_job(
     data = base / "input" / "data"
     data.mkdir(parents=True, exist_ok=True)
     for name, source in channels.items():
-        (data / name).symlink_to(source)
+        if copy:
+            shutil.copytree(source, data / name)
+        else:
+            (data / name).symlink_to(source)
     return base
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import model_artifact
-from tests.conftest import FAST, REPO
+from tests.conftest import FAST, REPO, make_job
 from tests.serving import free_port, predict, request
 
 pytestmark = pytest.mark.slow
@@ -33,16 +33,9 @@ def images():
 
 
 def opt_ml(tmp_path: Path, sample_data: Path, **hyperparameters: str) -> Path:
-    """A real folder (no symlinks: they do not resolve inside the container) laid out like /opt/ml."""
-    base = tmp_path / "opt_ml"
-    (base / "input" / "config").mkdir(parents=True)
-    for channel in ("training", "validation", "test"):
-        shutil.copytree(sample_data / channel, base / "input" / "data" / channel)
-    config = base / "input" / "config"
-    (config / "hyperparameters.json").write_text(json.dumps(FAST | hyperparameters))
-    (config / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1-ab12c", "hosts": ["algo-1-ab12c"]}))
-    (config / "inputdataconfig.json").write_text(json.dumps({"training": {}, "validation": {}, "test": {}}))
-    return base
+    """A real /opt/ml folder for a container, with local mode's suffixed host name."""
+    channels = {c: sample_data / c for c in ("training", "validation", "test")}
+    return make_job(tmp_path / "opt_ml", channels, FAST | hyperparameters, hosts=["algo-1-ab12c"], copy=True)
 
 
 def test_images_are_built_with_labels_and_tools(images):
