@@ -96,6 +96,14 @@ def trained_job(sample_data, tmp_path_factory) -> tuple[Path, subprocess.Complet
     return base, result
 
 
+@pytest.fixture(scope="session")
+def images() -> str:
+    """Build (or reuse: layers are cached) all images with `make images`' script."""
+    result = subprocess.run([str(REPO / "docker" / "build.sh")], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
 @pytest.fixture
 def restore_signals():
     """In-process runs install SIGTERM/SIGINT handlers: put pytest's back afterwards."""

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 import model_artifact
-from tests.conftest import FAST, REPO, make_job
+from tests.conftest import FAST, make_job
 from tests.serving import free_port, predict, request
 
 pytestmark = pytest.mark.slow
@@ -22,14 +22,6 @@ TRAINING, SERVING_CPU, SERVING_GPU = (f"{PREFIX}-{t}:latest" for t in ("training
 
 def docker(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-@pytest.fixture(scope="session")
-def images():
-    """Build (or reuse, layers are cached) all images with `make images`' script."""
-    result = subprocess.run([str(REPO / "docker" / "build.sh")], capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return result.stdout
 
 
 def opt_ml(tmp_path: Path, sample_data: Path, **hyperparameters: str) -> Path:

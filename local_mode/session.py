@@ -1,0 +1,58 @@
+"""A SageMaker SDK v2 session for local mode: no telemetry, no call to AWS, checked first.
+
+Preflight answers the usual failures with what to do: no Docker engine, no compose, no GPU
+runtime for ``local_gpu``, no region.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+CONFIG = "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n"
+DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode needs a role string, never uses it
+
+
+class PreflightError(Exception):
+    """Local mode cannot run here; the message says what to do."""
+
+
+def preflight(instance_type: str) -> None:
+    """Check what local mode needs before the SDK fails obscurely."""
+    if not (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")):
+        raise PreflightError("no AWS region: set AWS_DEFAULT_REGION (local mode needs one, not credentials)")
+    if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
+        raise PreflightError("no Docker engine answers: run docker/engine.sh (or start Docker)")
+    if not shutil.which("docker-compose"):
+        raise PreflightError("docker-compose is missing: apt-get install docker-compose")
+    if instance_type == "local_gpu":
+        runtimes = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
+        if "nvidia" not in runtimes.stdout:
+            raise PreflightError("local_gpu needs the NVIDIA container runtime (nvidia-container-toolkit)")
+
+
+def local_session(container_root: Path | None = None):
+    """A ``LocalSession`` with telemetry off and its temporary folders under ``container_root``."""
+    config_dir = Path(tempfile.mkdtemp(prefix="sagemaker-config-"))
+    (config_dir / "config.yaml").write_text(CONFIG)
+    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config_dir / "config.yaml")
+    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what local mode here targets
+    from sagemaker.local import LocalSession  # after the override: the SDK reads it on import
+
+    session = LocalSession()
+    root = container_root or Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
+    root.mkdir(parents=True, exist_ok=True)
+    session.config = {"local": {"local_code": True, "container_root": str(root)}}
+    return session
+
+
+def cleanup(session) -> None:
+    """Remove the containers, network and folders this session's local jobs left behind."""
+    root = Path(session.config["local"]["container_root"])
+    for compose_file in root.glob("*/docker-compose.yaml"):  # one compose project per job
+        subprocess.run(["docker-compose", "-f", str(compose_file), "down", "--remove-orphans"], capture_output=True)
+    subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)  # kept while in use
+    shutil.rmtree(root, ignore_errors=True)

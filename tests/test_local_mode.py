@@ -1,0 +1,64 @@
+"""SDK v2 local mode with the training image: one instance, and two joined in one DDP group."""
+
+from __future__ import annotations
+
+import subprocess
+import tarfile
+
+import pytest
+
+import model_artifact
+from local_mode import session as local
+from local_mode import train
+from tests.conftest import FAST
+
+pytestmark = pytest.mark.slow
+IMAGE = "byoc-classifier-training:latest"
+
+
+@pytest.fixture
+def sdk_session(images, tmp_path, monkeypatch):
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    session = local.local_session(tmp_path / "container_root")
+    yield session
+    local.cleanup(session)
+    assert not (tmp_path / "container_root").exists()
+
+
+def _containers(root) -> list[str]:
+    found = subprocess.run(
+        ["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project.working_dir"}}'],
+        capture_output=True, text=True,
+    ).stdout.split()  # fmt: skip
+    return [d for d in found if d.startswith(str(root))]
+
+
+@pytest.mark.parametrize("instances", [1, 2])
+def test_estimator_trains_in_local_mode(sdk_session, sample_data, tmp_path, capfd, instances):
+    hps = FAST | {"epochs": "1", "num-workers": "1"}
+    model_data = train.fit(
+        IMAGE, str(sample_data), hps, "local", instances, output_path=f"file://{tmp_path / 'out'}", session=sdk_session
+    )
+    assert model_data == f"file://{tmp_path / 'out' / 'model.tar.gz'}"
+    with tarfile.open(tmp_path / "out" / "model.tar.gz") as tar:
+        tar.extractall(tmp_path / "model", filter="data")
+    _, meta = model_artifact.load(tmp_path / "model")
+    assert meta.class_names == ["ball", "box", "cone", "ring"]
+    logs = capfd.readouterr().out
+    if instances == 2:
+        assert logs.count("process group ready: world size 2") == 2
+    assert _containers(sdk_session.config["local"]["container_root"])  # left behind until cleanup
+    local.cleanup(sdk_session)
+    assert not _containers(sdk_session.config["local"]["container_root"])
+
+
+def test_preflight_names_what_is_missing(monkeypatch):
+    monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
+    monkeypatch.delenv("AWS_REGION", raising=False)
+    with pytest.raises(local.PreflightError, match="AWS_DEFAULT_REGION"):
+        local.preflight("local")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    local.preflight("local")
+    if "nvidia" not in subprocess.run(["docker", "info"], capture_output=True, text=True).stdout:
+        with pytest.raises(local.PreflightError, match="NVIDIA container runtime"):
+            local.preflight("local_gpu")
