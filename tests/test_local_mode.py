@@ -62,3 +62,25 @@ def test_preflight_names_what_is_missing(monkeypatch):
     if "nvidia" not in subprocess.run(["docker", "info"], capture_output=True, text=True).stdout:
         with pytest.raises(local.PreflightError, match="NVIDIA container runtime"):
             local.preflight("local_gpu")
+
+
+def test_local_deployment_answers_predictions(sdk_session, trained_job, sample_data, tmp_path):
+    from local_mode import deploy
+
+    with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
+        for name in ("artifact.json", "model.pt"):
+            tar.add(trained_job[0] / "model" / name, arcname=name)
+    predictor = deploy.deploy(
+        "byoc-classifier-serving-cpu:latest", f"file://{tmp_path / 'model.tar.gz'}", session=sdk_session
+    )
+    try:
+        answer = deploy.classify(predictor, sample_data / "test/box/box_000.jpg", top_k=2)
+        (prediction,) = answer["predictions"]
+        assert prediction["label"] in {"ball", "box", "cone", "ring"} and len(prediction["top_k"]) == 2
+        correct = sum(
+            deploy.classify(predictor, path)["predictions"][0]["label"] == path.parent.name
+            for path in sorted((sample_data / "test").rglob("*_00[0-2].*"))
+        )
+        assert correct >= 6  # of 12; chance is 3
+    finally:
+        predictor.delete_endpoint()

@@ -1,0 +1,69 @@
+"""Deploy a trained model with the serving image through the SageMaker Python SDK v2, then query it.
+
+    python -m local_mode.deploy --image byoc-classifier-serving-cpu:latest \\
+        --model-data file://$PWD/build/local-out/model.tar.gz photo1.jpg photo2.png
+
+The same code deploys in the cloud with an ECR image URI, ``s3://`` model data, an ``ml.*``
+instance type and a real role.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import mimetypes
+import sys
+from pathlib import Path
+
+from local_mode import session as local
+
+
+def deploy(image_uri: str, model_data: str, instance_type: str = "local", role: str = local.DUMMY_ROLE, session=None):
+    """Create the endpoint; returns a ``Predictor`` (JSON out, image bytes in)."""
+    from sagemaker.deserializers import JSONDeserializer
+    from sagemaker.model import Model
+    from sagemaker.predictor import Predictor
+
+    is_local = instance_type.startswith("local")
+    if is_local:
+        local.preflight(instance_type)
+    model = Model(
+        image_uri=image_uri, model_data=model_data, role=role, predictor_cls=Predictor,
+        sagemaker_session=session or (local.local_session() if is_local else None),
+    )  # fmt: skip
+    predictor = model.deploy(initial_instance_count=1, instance_type=instance_type)
+    predictor.deserializer = JSONDeserializer()
+    return predictor
+
+
+def classify(predictor, path: Path, top_k: int = 3) -> dict:
+    """The endpoint's answer for one image file."""
+    content_type = mimetypes.guess_type(path.name)[0] or "application/x-image"
+    return predictor.predict(
+        path.read_bytes(), initial_args={"ContentType": content_type, "CustomAttributes": f"top_k={top_k}"}
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--model-data", required=True, help="file:// or s3:// model.tar.gz")
+    parser.add_argument("--instance-type", default="local")
+    parser.add_argument("--role", default=local.DUMMY_ROLE)
+    parser.add_argument("--keep", action="store_true", help="leave the endpoint running")
+    parser.add_argument("images", nargs="+", type=Path)
+    args = parser.parse_args(argv)
+    try:
+        predictor = deploy(args.image, args.model_data, args.instance_type, args.role)
+    except local.PreflightError as exc:
+        sys.exit(f"error: {exc}")
+    try:
+        for path in args.images:
+            print(path, json.dumps(classify(predictor, path)["predictions"][0]))
+    finally:
+        if not args.keep:
+            predictor.delete_endpoint()
+
+
+if __name__ == "__main__":
+    main()
