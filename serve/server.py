@@ -28,6 +28,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -37,6 +38,7 @@ from serve.settings import Settings
 log = logging.getLogger("serve")
 HANDLER = "serve.handler:handle"
 LOG_CONFIG = str(Path(__file__).with_name("log4j2.xml"))
+STOP_GRACE_SECONDS = 20  # of SageMaker's 30 s between SIGTERM and SIGKILL
 
 
 def gpu_count() -> int:
@@ -89,7 +91,7 @@ def become_subreaper() -> None:
     ctypes.CDLL(None, use_errno=True).prctl(pr_set_child_subreaper, 1, 0, 0, 0)
 
 
-def stop_descendants(grace: float = 10) -> None:
+def stop_descendants(grace: float = 5) -> None:
     """Terminate what is left under this process (workers), then kill the stragglers."""
     import psutil
 
@@ -112,6 +114,16 @@ def _reap_quietly(_signum, _frame) -> None:
         pass
 
 
+def _kill_quietly(process) -> None:
+    import psutil
+
+    try:
+        process.kill()
+        log.warning("the model server did not stop within %d s: killed", STOP_GRACE_SECONDS)
+    except psutil.Error:
+        pass
+
+
 class _Stop:
     """Whether SIGTERM asked for the stop (otherwise MMS ending is a failure)."""
 
@@ -124,6 +136,11 @@ class _Stop:
         def terminate(_signum, _frame) -> None:
             cls.requested = True
             mms_process.terminate()
+            # The Java frontend sometimes takes longer than SageMaker's 30 s grace (seen after
+            # a failed model load in multi-model mode): kill it before SageMaker kills us.
+            timer = threading.Timer(STOP_GRACE_SECONDS, _kill_quietly, args=(mms_process,))
+            timer.daemon = True  # must not keep serve alive once MMS has stopped
+            timer.start()
 
         signal.signal(signal.SIGTERM, terminate)
 
