@@ -111,8 +111,3 @@ def restore_signals():
     yield
     for sig, handler in saved.items():
         signal.signal(sig, handler)
-
-
-def copy_tree(source: Path, target: Path) -> Path:
-    shutil.copytree(source, target)
-    return target
