@@ -1,16 +1,21 @@
 """Train with the training image through the SageMaker Python SDK v2.
 
     python -m local_mode.train --image byoc-classifier-training:latest --data data/sample \\
-        [--instance-type local|local_gpu|ml.g5.xlarge] [--instance-count 2] [--hp epochs=3 ...]
+        [--instance-type local|local_gpu|ml.g5.xlarge] [--instance-count 2] [--hp epochs=3 ...] \\
+        [--hyperparameters-file build/tune/best-hyperparameters.json]
 
 The same code trains in the cloud: pass an ECR image URI, ``s3://`` data, an ``ml.*``
 instance type, ``--role`` and ``--output s3://...``.
+
+``--hyperparameters-file`` takes the ``best-hyperparameters.json`` that ``local_mode.tune``
+writes (or a flat JSON object of hyperparameters); ``--hp`` values override the file's.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tarfile
 from pathlib import Path
 
 from local_mode import session as local
@@ -43,8 +48,45 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "
         hyperparameters=hyperparameters, metric_definitions=METRIC_DEFINITIONS, output_path=output_path,
         sagemaker_session=session or (local.local_session() if is_local else None),
     )  # fmt: skip
-    estimator.fit(channels_of(data), wait=True, logs=True)
+    try:
+        estimator.fit(channels_of(data), wait=True, logs=True)
+    except RuntimeError as exc:  # local mode's "Failed to run: docker-compose ..."
+        if not is_local:
+            raise
+        reason = failure_reason(output_path, Path(estimator.sagemaker_session.config["local"]["container_root"]))
+        raise TrainingFailed(reason or str(exc)) from exc
     return estimator.model_data
+
+
+class TrainingFailed(Exception):
+    """A local training job failed; the message is the container's failure reason."""
+
+
+def failure_reason(output_path: str | None, container_root: Path) -> str | None:
+    """The ``failure`` file from the newest output.tar.gz local mode wrote for a failed job."""
+    if output_path and output_path.startswith("file://"):
+        candidates = [Path(output_path.removeprefix("file://")) / "output.tar.gz"]
+    else:  # no output path: local mode leaves the archives in the job's folder
+        candidates = sorted(
+            container_root.glob("*/compressed_artifacts/output.tar.gz"), key=lambda p: p.stat().st_mtime
+        )
+    for archive in reversed(candidates):
+        if archive.is_file():
+            with tarfile.open(archive) as tar:
+                member = next((m for m in tar.getmembers() if m.name.lstrip("./") == "failure"), None)
+                if member:
+                    return tar.extractfile(member).read().decode(errors="replace").strip()
+    return None
+
+
+def hyperparameters_of(file: str | Path | None, items: list[str]) -> dict[str, str]:
+    """The file's hyperparameters (a tuning result or a flat object), overridden by key=value items."""
+    from local_mode.space import read_hyperparameters
+
+    pairs = [item.partition("=") for item in items]
+    if bad := [key for key, eq, _ in pairs if not eq or not key]:
+        raise ValueError(f"--hp takes key=value, not {bad[0]!r}")
+    return (read_hyperparameters(Path(file)) if file else {}) | {key: value for key, _, value in pairs}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -56,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--role", default=local.DUMMY_ROLE)
     parser.add_argument("--output", help="file:// or s3:// folder for model.tar.gz")
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
+    parser.add_argument("--hyperparameters-file", help="JSON, e.g. local_mode.tune's best-hyperparameters.json")
     args = parser.parse_args(argv)
-    hps = dict(item.split("=", 1) for item in args.hp)
     try:
+        hps = hyperparameters_of(args.hyperparameters_file, args.hp)
         print(fit(args.image, args.data, hps, args.instance_type, args.instance_count, args.role, args.output))
-    except local.PreflightError as exc:
+    except (local.PreflightError, TrainingFailed, ValueError) as exc:
         sys.exit(f"error: {exc}")
 
 

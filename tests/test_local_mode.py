@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import tarfile
+import threading
+import time
 
 import pytest
 
@@ -26,11 +29,10 @@ def sdk_session(images, tmp_path, monkeypatch):
 
 
 def _containers(root) -> list[str]:
-    found = subprocess.run(
-        ["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project.working_dir"}}'],
-        capture_output=True, text=True,
-    ).stdout.split()  # fmt: skip
-    return [d for d in found if d.startswith(str(root))]
+    """Names of the containers (running or not) whose compose project lives under ``root``."""
+    fmt = '{{.Label "com.docker.compose.project.working_dir"}} {{.Names}}'
+    lines = subprocess.run(["docker", "ps", "-a", "--format", fmt], capture_output=True, text=True).stdout.splitlines()
+    return [line.split()[1] for line in lines if line.startswith(str(root))]
 
 
 @pytest.mark.parametrize("instances", [1, 2])
@@ -84,3 +86,31 @@ def test_local_deployment_answers_predictions(sdk_session, trained_job, sample_d
         assert correct >= 6  # of 12; chance is 3
     finally:
         predictor.delete_endpoint()
+
+
+def test_sigterm_to_a_local_mode_training_container_keeps_its_checkpoint(sdk_session, sample_data, tmp_path):
+    root = sdk_session.config["local"]["container_root"]
+    hps = FAST | {"epochs": "20", "num-workers": "1", "log-interval": "1"}
+    outcome: dict = {}
+
+    def fit() -> None:
+        try:
+            train.fit(IMAGE, str(sample_data), hps, output_path=f"file://{tmp_path / 'out'}", session=sdk_session)
+        except Exception as exc:
+            outcome["error"] = exc
+
+    runner = threading.Thread(target=fit)
+    runner.start()
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        names = _containers(root)
+        logs = subprocess.run(["docker", "logs", names[0]], capture_output=True, text=True).stdout if names else ""
+        if re.search(r"epoch 1 step 3/", logs):
+            break
+        time.sleep(0.5)
+    subprocess.run(["docker", "stop", "-t", "110", names[0]], check=True, capture_output=True)  # SIGTERM first
+    runner.join(timeout=120)
+    assert isinstance(outcome.get("error"), train.TrainingFailed)
+    assert "stopped by signal in epoch 1" in str(outcome["error"])  # the reason, not docker-compose's command
+    copied = subprocess.run(["docker", "cp", f"{names[0]}:/opt/ml/checkpoints/checkpoint.pt", str(tmp_path)])
+    assert copied.returncode == 0 and (tmp_path / "checkpoint.pt").stat().st_size > 1_000_000
