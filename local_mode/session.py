@@ -6,6 +6,7 @@ runtime for ``local_gpu``, no region.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -41,6 +42,11 @@ def local_session(container_root: Path | None = None):
     os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config_dir / "config.yaml")
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what local mode here targets
     from sagemaker.local import LocalSession  # after the override: the SDK reads it on import
+
+    # The SDK logs "will collect telemetry" before it reads the opt-out, and a rootless-Docker
+    # warning on every local request: both are noise here.
+    logging.getLogger("sagemaker.telemetry.telemetry_logging").setLevel(logging.WARNING)
+    logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
 
     session = LocalSession()
     root = container_root or Path(tempfile.mkdtemp(prefix="sagemaker-local-"))

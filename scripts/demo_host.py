@@ -18,15 +18,12 @@ from pathlib import Path
 import torch
 
 import model_artifact
+from local_mode.demo import HYPERPARAMETERS
 from train import sample_data
 
 REPO = Path(__file__).resolve().parents[1]
 SAMPLE = REPO / "data" / "sample"
 JOB = REPO / "build" / "demo"
-HYPERPARAMETERS = {
-    "epochs": "12", "batch-size": "16", "lr": "0.005", "lr-warmup-epochs": "1", "momentum": "0.9",
-    "image-size": "64", "crop-min-scale": "0.4", "pretrained": "false", "log-interval": "0",
-}  # fmt: skip
 
 
 def lay_out_job() -> None:

@@ -54,6 +54,16 @@ def test_estimator_trains_in_local_mode(sdk_session, sample_data, tmp_path, capf
     assert not _containers(sdk_session.config["local"]["container_root"])
 
 
+def test_session_opts_out_of_telemetry(monkeypatch, tmp_path):
+    from sagemaker.telemetry.telemetry_logging import TELEMETRY_OPT_OUT_PATH
+    from sagemaker.utils import resolve_value_from_config
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    session = local.local_session(tmp_path / "root")
+    assert resolve_value_from_config(config_path=TELEMETRY_OPT_OUT_PATH, sagemaker_session=session) is True
+    assert session.config["local"]["container_root"] == str(tmp_path / "root")
+
+
 def test_preflight_names_what_is_missing(monkeypatch):
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
