@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 import boto3
+import botocore.exceptions
 
 TARGETS = ("training", "serving-cpu", "serving-gpu")
 
@@ -91,8 +92,8 @@ def main(argv: list[str] | None = None) -> None:
             print(reference)
     except PushError as exc:
         sys.exit(f"error: {exc}")
-    except boto3.exceptions.Boto3Error as exc:
-        sys.exit(f"error: {exc}")
+    except (boto3.exceptions.Boto3Error, botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+        sys.exit(f"error: {exc}")  # no credentials, access denied, unknown region: one line, no traceback
 
 
 if __name__ == "__main__":

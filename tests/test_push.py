@@ -84,3 +84,14 @@ def test_an_existing_repository_is_reused(aws):
 def test_a_missing_local_image_is_a_clear_error(aws, registry):
     with pytest.raises(push.PushError, match="docker tag failed"):
         push.push_all(REGION, "no-such-images", "v1", "latest", registry=registry)
+
+
+def test_missing_credentials_are_one_line(monkeypatch, tmp_path, capsys):
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    with pytest.raises(SystemExit) as exited:
+        push.main(["--region", REGION, "--local-tag", "latest"])
+    assert str(exited.value) == "error: Unable to locate credentials"
