@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images base-image wheelhouse push test test-fast lint format demo serve-demo sample-data bench clean
+.PHONY: help venv images base-image wheelhouse push test test-fast lint format demo demo-host serve-demo sample-data bench clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@# multi-model-server (serving) runs on Java 17
@@ -18,6 +18,15 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $@
 
 venv: $(STAMP) ## Create .venv with the project and pinned dependencies (reused when up to date)
+
+.venv-sdk3/.installed-stamp: constraints-sdk3.txt
+	@# SDK v3 conflicts with v2 (.venv): local_mode/train_v3.py runs in its own venv, without torch
+	test -x .venv-sdk3/bin/python || $(PYTHON) -m venv .venv-sdk3
+	.venv-sdk3/bin/python -m pip install -q -c constraints-sdk3.txt 'sagemaker>=3,<4'
+	touch $@
+
+.PHONY: venv-sdk3
+venv-sdk3: .venv-sdk3/.installed-stamp ## Create .venv-sdk3 with SDK v3 (sagemaker 3.x) for local_mode/train_v3.py
 
 images: venv ## Build the training and serving images offline (engine, base image, wheelhouse) and print sizes
 	docker/build.sh
@@ -37,7 +46,7 @@ push: venv ## Push the images to ECR (REGION=, ACCOUNT=, NAME=, TAG=) and print 
 	@test -n "$(REGION)" || (echo "error: set REGION=... (or AWS_DEFAULT_REGION)" >&2; exit 2)
 	$(BIN)/python -m local_mode.push --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) --name $(NAME) --tag $(TAG)
 
-test: venv images ## Lint and run the whole suite (builds the images first)
+test: venv venv-sdk3 images ## Lint and run the whole suite (builds the images first)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q --durations=15
@@ -56,10 +65,13 @@ format: venv ## Format the code with ruff
 sample-data: venv ## Generate the embedded sample dataset into data/sample
 	$(BIN)/make-sample-data data/sample
 
-serve-demo: venv ## Serve build/demo/model (after make demo) on http://localhost:8080 until Ctrl-C
+serve-demo: venv ## Serve build/demo/model (after make demo-host) on http://localhost:8080 until Ctrl-C
 	SAGEMAKER_BASE_DIR=build/demo $(BIN)/serve
 
-demo: venv ## Train on the sample dataset through `train`, then classify its test images
+demo: images ## Build the images, train and deploy in SageMaker local mode on the sample data, classify, clean up
+	$(BIN)/python -m local_mode.demo
+
+demo-host: venv ## The same training without Docker: `train` on the host, then classify with the artifact
 	$(BIN)/python scripts/demo_host.py
 
 bench: venv ## Print training, loader and serving throughput on this machine

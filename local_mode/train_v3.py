@@ -1,0 +1,147 @@
+"""Train with the training image through the SageMaker Python SDK v3's ``ModelTrainer`` in local mode.
+
+    .venv-sdk3/bin/python -m local_mode.train_v3 --image byoc-classifier-training:latest --data data/sample \\
+        [--instance-type local_cpu|local_gpu] [--instance-count 2] [--output DIR] [--hp epochs=3 ...]
+
+Runs from the repository root in ``.venv-sdk3`` (``make venv-sdk3``: SDK v3 conflicts with v2), which has
+no torch. Without ``source_code`` v3 starts the image with its own entrypoint and no argument, through
+docker-compose, and leaves the job's containers, the ``sagemaker-local`` network and its container root
+behind: ``fit`` removes them and keeps model.tar.gz and output.tar.gz in ``output_dir``. No call to AWS:
+telemetry is off and credentials are not looked up (an ECR image that is not pulled yet needs them for
+the SDK's ECR login: pull it first, or set AWS_EC2_METADATA_DISABLED=false on EC2 with an instance role).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+from local_mode.session import CONFIG, PreflightError, preflight
+from local_mode.train import TrainingFailed  # shared with SDK v2 training: the container's failure reason
+from train.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
+
+CHANNELS = ("training", "validation", "test")
+CONFIG_OVERRIDE = "SAGEMAKER_USER_CONFIG_OVERRIDE"
+IMDS_OFF = "AWS_EC2_METADATA_DISABLED"  # local data and a local image need no credentials
+NETWORK = "sagemaker-local"  # the SDK's compose file names this network for every local job
+
+
+def channels_of(data: str) -> dict[str, str]:
+    """``{channel: folder}`` for the channel folders of a local dataset folder."""
+    root = Path(data).resolve()
+    found = {c: str(root / c) for c in CHANNELS if (root / c).is_dir()}
+    if "training" not in found:
+        raise PreflightError(f"no training folder in {root}")
+    return found
+
+
+@contextlib.contextmanager
+def offline(folder: Path) -> Iterator[None]:
+    """While the job runs: telemetry off (v3 reads v2's ``TelemetryOptOut``), and no probe of the EC2
+    metadata service for credentials (the session the SDK builds for telemetry looks for them)."""
+    config = folder / "sagemaker-config.yaml"
+    config.write_text(CONFIG)
+    overrides = {CONFIG_OVERRIDE: str(config), IMDS_OFF: os.environ.get(IMDS_OFF, "true")}
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def compose_command() -> list[str]:
+    """The compose CLI the SDK picks: ``docker compose`` if it is v2 or later, else ``docker-compose``."""
+    version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    major = re.search(r"version\s+v?(\d+)", version.stdout) if version.returncode == 0 else None
+    return ["docker", "compose"] if major and int(major.group(1)) >= 2 else ["docker-compose"]
+
+
+def cleanup(container_root: Path) -> None:
+    """Remove the containers, network and folders a local job under ``container_root`` left behind."""
+    compose_file = container_root / "docker-compose.yaml"
+    if compose_file.exists():  # one compose project per job, named after the folder
+        subprocess.run([*compose_command(), "-f", str(compose_file), "down", "--remove-orphans"], capture_output=True)
+    subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)  # kept while another job uses it
+    shutil.rmtree(container_root, ignore_errors=True)
+
+
+def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, compute: dict, root: Path) -> None:
+    """Build the ``ModelTrainer`` and run it to completion (the SDK raises when the container fails)."""
+    from sagemaker.core.training.configs import Compute, InputData, MetricDefinition
+    from sagemaker.train.model_trainer import Mode, ModelTrainer
+
+    metrics = [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
+    trainer = ModelTrainer(
+        training_image=image_uri, training_mode=Mode.LOCAL_CONTAINER, local_container_root=str(root),
+        compute=Compute(**compute), hyperparameters=dict(hyperparameters),
+        base_job_name="byoc-classifier",
+    ).with_metric_definitions(metrics)  # fmt: skip
+    inputs = [InputData(channel_name=name, data_source=path) for name, path in channels.items()]
+    trainer.train(input_data_config=inputs, wait=True, logs=True)
+
+
+def _failure(root: Path) -> str:
+    """The failure file the job wrote to /opt/ml/output (the SDK collects it into ``artifacts/``), or ''."""
+    failure = root / "artifacts" / "output" / "failure"
+    return failure.read_text()[:1024] if failure.exists() else ""
+
+
+def _collect(root: Path, output_dir: Path) -> str:
+    """Copy the job's model.tar.gz and output.tar.gz to ``output_dir``; raise if the job wrote a failure."""
+    if _failure(root):
+        raise TrainingFailed(_failure(root))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model.tar.gz", "output.tar.gz"):
+        shutil.copyfile(root / "compressed_artifacts" / name, output_dir / name)
+    return str((output_dir / "model.tar.gz").resolve())
+
+
+def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 1,
+        output_dir: str | Path = "build/train-v3", instance_type: str = "local_cpu") -> str:  # fmt: skip
+    """Run a local training job with the image; returns the path of its model.tar.gz in ``output_dir``."""
+    preflight("local_gpu" if instance_type == "local_gpu" else "local")
+    channels = channels_of(data)
+    root = Path(tempfile.mkdtemp(prefix="sagemaker-v3-"))
+    compute = {"instance_type": instance_type, "instance_count": instance_count}
+    try:
+        try:
+            with offline(root):
+                _train(image_uri, channels, hyperparameters, compute, root)
+        except RuntimeError as exc:  # the SDK says only "Process exited with code: N"
+            raise TrainingFailed(_failure(root) or str(exc)) from exc
+        return _collect(root, Path(output_dir))
+    finally:
+        cleanup(root)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", required=True)
+    parser.add_argument("--data", required=True, help="folder with training/ [validation/ test/]")
+    parser.add_argument("--instance-type", default="local_cpu", choices=["local_cpu", "local_gpu"])
+    parser.add_argument("--instance-count", type=int, default=1)
+    parser.add_argument("--output", default="build/train-v3", help="folder for model.tar.gz and output.tar.gz")
+    parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
+    args = parser.parse_args(argv)
+    hps = dict(item.split("=", 1) for item in args.hp)
+    try:
+        print(fit(args.image, args.data, hps, args.instance_count, args.output, args.instance_type))
+    except (PreflightError, TrainingFailed) as exc:
+        sys.exit(f"error: {exc}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""SDK v3 ``ModelTrainer`` local mode with the training image, run in .venv-sdk3 (no torch there)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tarfile
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import model_artifact
+from tests.conftest import FAST, REPO
+
+pytestmark = pytest.mark.slow
+IMAGE = "byoc-classifier-training:latest"
+PYTHON = REPO / ".venv-sdk3" / "bin" / "python"
+# A sitecustomize for the subprocesses (the SDK, and docker-compose if it is Python): logs every
+# network connection and name lookup to $NET_LOG, so the test sees telemetry or AWS calls.
+NET_AUDIT = textwrap.dedent("""
+    import os, socket, sys
+
+    def _audit(event, args):
+        if event == "socket.connect" and args[0].family != socket.AF_UNIX:
+            note = f"connect {args[1]}"
+        elif event == "socket.getaddrinfo":
+            note = f"lookup {args[0]}"
+        else:
+            return
+        with open(os.environ["NET_LOG"], "a") as log:
+            log.write(f"{sys.argv[0]}: {note}\\n")
+
+    sys.addaudithook(_audit)
+""")
+
+
+def _left_behind(root: Path) -> list[str]:
+    """Containers of compose projects under ``root``, and the SDK's network unless others are using it."""
+    labels = subprocess.run(
+        ["docker", "ps", "-a", "--format", '{{.Label "com.docker.compose.project.working_dir"}}'],
+        capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    found = [f"container in {d}" for d in labels if d.startswith(str(root))]
+    network = subprocess.run(
+        ["docker", "network", "inspect", "sagemaker-local", "--format", "{{len .Containers}}"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    if network.returncode == 0 and network.stdout.strip() == "0":  # nobody's job is attached to it
+        found.append("network sagemaker-local")
+    return found
+
+
+def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path):
+    assert PYTHON.exists(), "no .venv-sdk3: run `make venv-sdk3`"
+    (tmp_path / "audit").mkdir()
+    (tmp_path / "audit" / "sitecustomize.py").write_text(NET_AUDIT)
+    (tmp_path / "tmp").mkdir()  # TMPDIR: the SDK's container root and our config land here
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "AWS_"))}
+    env |= {"AWS_DEFAULT_REGION": "us-east-1", "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
+    env |= {"PYTHONPATH": str(tmp_path / "audit"), "NET_LOG": str(tmp_path / "net.log")}
+    hps = [f"{k}={v}" for k, v in (FAST | {"epochs": "1", "num-workers": "1"}).items()]
+    result = subprocess.run(
+        [str(PYTHON), "-m", "local_mode.train_v3", "--image", IMAGE, "--data", str(sample_data),
+         "--output", str(tmp_path / "out"), "--hp", *hps],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == str(tmp_path / "out" / "model.tar.gz")
+    assert "final best_epoch=1" in result.stdout  # the container's log came through
+    with tarfile.open(tmp_path / "out" / "model.tar.gz") as tar:
+        tar.extractall(tmp_path / "model", filter="data")
+    _, meta = model_artifact.load(tmp_path / "model")
+    assert meta.class_names == ["ball", "box", "cone", "ring"]
+    assert not _left_behind(tmp_path)
+    assert not list((tmp_path / "tmp").iterdir())
+    net_log = tmp_path / "net.log"
+    assert not net_log.exists(), net_log.read_text()  # no telemetry, no AWS
