@@ -35,11 +35,19 @@ def preflight(instance_type: str) -> None:
             raise PreflightError("local_gpu needs the NVIDIA container runtime (nvidia-container-toolkit)")
 
 
+def config_file() -> Path:
+    """The SDK config that opts out of telemetry: one fixed file per user, not one per session."""
+    path = Path(tempfile.gettempdir()) / f"byoc-sagemaker-config-{os.getuid()}.yaml"
+    if not path.is_file() or path.read_text() != CONFIG:
+        staged = path.with_suffix(f".{os.getpid()}.tmp")
+        staged.write_text(CONFIG)
+        staged.replace(path)  # atomic: parallel sessions never read half a file
+    return path
+
+
 def local_session(container_root: Path | None = None):
     """A ``LocalSession`` with telemetry off and its temporary folders under ``container_root``."""
-    config_dir = Path(tempfile.mkdtemp(prefix="sagemaker-config-"))
-    (config_dir / "config.yaml").write_text(CONFIG)
-    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config_dir / "config.yaml")
+    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config_file())
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what local mode here targets
     from sagemaker.local import LocalSession  # after the override: the SDK reads it on import
 

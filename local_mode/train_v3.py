@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from local_mode.session import CONFIG, PreflightError, preflight
+from local_mode.session import PreflightError, config_file, preflight
 from local_mode.train import TrainingFailed  # shared with SDK v2 training: the container's failure reason
 from train.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
 
@@ -44,12 +44,10 @@ def channels_of(data: str) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def offline(folder: Path) -> Iterator[None]:
+def offline() -> Iterator[None]:
     """While the job runs: telemetry off (v3 reads v2's ``TelemetryOptOut``), and no probe of the EC2
     metadata service for credentials (the session the SDK builds for telemetry looks for them)."""
-    config = folder / "sagemaker-config.yaml"
-    config.write_text(CONFIG)
-    overrides = {CONFIG_OVERRIDE: str(config), IMDS_OFF: os.environ.get(IMDS_OFF, "true")}
+    overrides = {CONFIG_OVERRIDE: str(config_file()), IMDS_OFF: os.environ.get(IMDS_OFF, "true")}
     saved = {name: os.environ.get(name) for name in overrides}
     os.environ.update(overrides)
     try:
@@ -118,7 +116,7 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
     compute = {"instance_type": instance_type, "instance_count": instance_count}
     try:
         try:
-            with offline(root):
+            with offline():
                 _train(image_uri, channels, hyperparameters, compute, root)
         except RuntimeError as exc:  # the SDK says only "Process exited with code: N"
             raise TrainingFailed(_failure(root) or str(exc)) from exc
