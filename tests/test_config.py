@@ -57,7 +57,7 @@ def test_underscore_spelling_and_sagemaker_reserved_keys():
 @pytest.mark.parametrize(
     "argv,words",
     [
-        (["--learning-rate", "0.1"], ["unknown hyperparameter 'learning-rate'", "allowed:", "lr"]),
+        (["--learning-rate", "0.1"], ["unknown hyperparameter 'learning-rate'", "allowed: amp, batch-size, ", "lr"]),
         (["--lr", "abc"], ["lr", "'abc' is not a number > 0"]),
         (["--lr", "0"], ["lr", "> 0"]),
         (["--lr", "nan"], ["lr"]),

@@ -181,14 +181,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-bad-fraction", type=_number(float, 0, 1), default=0.01)
     p.add_argument("--log-interval", type=_number(int, 0), default=50, help="steps; 0: off")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default BASE/checkpoints")
+    p.add_argument("--profile", type=boolean, default=False, help="step timings, a trace and a report in output data")
+    p.add_argument("--profile-steps", type=_number(int, 1, 50), default=5, help="steps torch.profiler traces")
     return p
 
 
 def parse_hyperparameters(argv: list[str]) -> argparse.Namespace:
     """Parse ``--key value`` pairs; reject unknown keys, naming the allowed ones."""
     parser = get_args_parser()
-    known = {a.option_strings[0][2:] for a in parser._actions if a.option_strings}
-    known.discard("h")
+    known = {o[2:] for a in parser._actions for o in a.option_strings if o.startswith("--")} - {"help"}
     normalized: list[str] = []
     pairs = iter(argv)
     for token in pairs:

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
@@ -70,8 +71,20 @@ def _to_device(images: torch.Tensor, labels: torch.Tensor, step: Step):
     return images, labels.to(step.device, non_blocking=True)
 
 
-def train_one_epoch(step: Step, loader, meter: Meter, bad: BadFiles, stop, epoch: int, log_interval: int) -> bool:
-    """Train until the loader ends (True) or a stop is agreed by all ranks (False)."""
+def train_one_epoch(
+    step: Step,
+    loader,
+    meter: Meter,
+    bad: BadFiles,
+    stop,
+    epoch: int,
+    log_interval: int,
+    on_step: Callable[[float, float], None] | None = None,
+) -> bool:
+    """Train until the loader ends (True) or a stop is agreed by all ranks (False).
+
+    ``on_step(waited, elapsed)``, if given, hears each step's data wait and wall time.
+    """
     step.model.train()
     total = meter.batches + len(loader)
     tick = time.perf_counter()
@@ -95,7 +108,10 @@ def train_one_epoch(step: Step, loader, meter: Meter, bad: BadFiles, stop, epoch
             meter.seen += len(labels)
         meter.batches += 1
         meter.data_time += waited
-        meter.total_time += time.perf_counter() - tick
+        elapsed = time.perf_counter() - tick
+        meter.total_time += elapsed
+        if on_step is not None:
+            on_step(waited, elapsed)
         if log_interval and meter.batches % log_interval == 0:
             log.info(
                 "epoch %d step %d/%d loss %.4f %.1f img/s data wait %.0f%%",

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import model_artifact
-from train import checkpoint, config, data, distributed, loop, metrics
+from train import checkpoint, config, data, distributed, loop, metrics, profile_report, profiler
 from train import model as model_lib
 from train.failure import Stopped, TrainingError, reported
 
@@ -42,6 +42,7 @@ class Job:
     stop: checkpoint.StopRequest
     history: list = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"epoch": None, "score": -1.0})
+    profiler: profiler.Profiler | None = None  # only with profile=true
 
 
 def cpu_has_native_bf16() -> bool:
@@ -191,8 +192,17 @@ def run_epoch(job: Job, epoch: int, meter: loop.Meter) -> None:
     job.samplers["train"].set_epoch(epoch, skip=meter.batches * args.batch_size)
     started = time.perf_counter()
     log_interval = args.log_interval if job.ctx.is_main else 0
+    if job.profiler:
+        job.profiler.begin_epoch(epoch + 1)
     finished = loop.train_one_epoch(
-        job.step, job.loaders["train"], meter, job.bad["train"], job.stop, epoch + 1, log_interval
+        job.step,
+        job.loaders["train"],
+        meter,
+        job.bad["train"],
+        job.stop,
+        epoch + 1,
+        log_interval,
+        job.profiler.step if job.profiler else None,
     )
     if not finished:
         save_checkpoint(job, epoch, meter)
@@ -264,18 +274,41 @@ def setup(args, paths: config.Paths, stop: checkpoint.StopRequest) -> Job:
     return Job(args, paths, ctx, splits, prep, step, net, loaders, samplers, bad, stop)
 
 
+def start_profiler(job: Job) -> profiler.Profiler:
+    """The opt-in profiler: step timings, a trace and (rank 0) a report in output data/profile."""
+    processes, cpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), config.available_cpus()
+    context = {
+        "world_size": job.ctx.world_size,
+        "processes_per_host": processes,
+        "available_cpus": cpus,
+        "cpus_per_process": max(1, cpus // processes),
+        "workers": job.loaders["train"].num_workers,
+        "batch_size": job.args.batch_size,
+        "image_size": job.args.image_size,
+    }
+    folder = job.paths.output_data_dir / "profile"
+    return profiler.Profiler(folder, job.ctx.device, job.ctx.rank, job.args.profile_steps, context).start()
+
+
 def train(args, paths: config.Paths) -> None:
     """The whole job for this process."""
     stop = checkpoint.StopRequest().install()
     job = setup(args, paths, stop)
     try:
         start, meter = restore(job)
+        job.profiler = start_profiler(job) if args.profile else None
         for epoch in range(start, args.epochs):
             run_epoch(job, epoch, meter)
             meter = loop.Meter()
+        if job.profiler:
+            job.profiler.stop_trace()
         finish(job)
+        if job.profiler and job.ctx.is_main:
+            profile_report.write(job.profiler.folder, job.profiler.summary())
         distributed.barrier()  # rank 0 has written the model: nobody leaves before that
     finally:
+        if job.profiler:
+            job.profiler.stop_trace()
         distributed.shutdown()
     if job.ctx.rank >= int(os.environ.get("LOCAL_WORLD_SIZE", "1")):
         # SDK local mode runs hosts with `docker-compose up --abort-on-container-exit`: the
