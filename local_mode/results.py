@@ -70,7 +70,7 @@ def plot(table: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, NullFormatter
 
     fig, (curves, trials, by_lr) = plt.subplots(1, 3, figsize=(15, 4.2))
     best_so_far, best = [], float("nan")
@@ -94,6 +94,7 @@ def plot(table: list[dict], path: Path) -> None:
     if done:
         fig.colorbar(points, ax=by_lr, label="momentum")
     by_lr.set_xscale("log")
+    by_lr.xaxis.set_minor_formatter(NullFormatter())  # minor log labels overlap on a narrow range
     curves.set(title="val_accuracy per epoch (pruned: dashed)", xlabel="epoch", ylabel="val_accuracy")
     trials.set(title="objective per trial (pruned: x, last value)", xlabel="trial", ylabel="val_accuracy")
     by_lr.set(title="lr vs objective (size: batch size)", xlabel="lr", ylabel="val_accuracy")
