@@ -36,6 +36,13 @@ def deploy(image_uri: str, model_data: str, instance_type: str = "local", role: 
     return predictor
 
 
+def teardown(predictor) -> None:
+    """Delete the endpoint; in local mode also its stopped container and the session's folders."""
+    predictor.delete_endpoint()
+    if getattr(predictor.sagemaker_session, "local_mode", False):
+        local.cleanup(predictor.sagemaker_session)
+
+
 def classify(predictor, path: Path, top_k: int = 3) -> dict:
     """The endpoint's answer for one image file."""
     content_type = mimetypes.guess_type(path.name)[0] or "application/x-image"
@@ -62,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
             print(path, json.dumps(classify(predictor, path)["predictions"][0]))
     finally:
         if not args.keep:
-            predictor.delete_endpoint()
+            teardown(predictor)
 
 
 if __name__ == "__main__":

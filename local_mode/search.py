@@ -29,7 +29,6 @@ from local_mode.trial_log import Monitor, Router
 from train.config import available_cpus
 from train.metrics import METRIC_DEFINITIONS
 
-WORKDIR_LABEL = "com.docker.compose.project.working_dir"  # compose's label: the job's folder
 # Held from a trial's `compose up` until its container exists, and by cleanup: cleanup
 # removes the shared `sagemaker-local` network unless a container uses it, and must not
 # do so while another trial's compose has created it but not yet attached a container.
@@ -67,23 +66,15 @@ class Settings:
         return 1 if self.instance_type == "local_gpu" else max(1, available_cpus() // self.cpus_per_trial)
 
 
-def trial_containers(root: Path, running: bool = False) -> list[str]:
-    """IDs of the containers whose compose project lives under ``root``."""
-    command = ["docker", "ps", "--format", f'{{{{.ID}}}} {{{{.Label "{WORKDIR_LABEL}"}}}}']
-    listed = subprocess.run(command + ([] if running else ["-a"]), capture_output=True, text=True).stdout
-    pairs = (line.partition(" ") for line in listed.splitlines())
-    return [cid for cid, _, workdir in pairs if workdir.startswith(f"{root}/")]
-
-
 def stop_trial(root: Path) -> None:
     """``docker stop`` the trial's containers: SIGTERM, checkpoint, exit (SIGKILL after 60 s)."""
-    ids = trial_containers(root, running=True)
+    ids = local.containers(root, running=True)
     if ids:
         subprocess.run(["docker", "stop", "-t", "60", *ids], capture_output=True)
 
 
 def _release_when_started(root: Path, fit_done: threading.Event) -> None:
-    while not fit_done.is_set() and not trial_containers(root):
+    while not fit_done.is_set() and not local.containers(root):
         time.sleep(0.5)
     _STARTING.release()
 

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 CONFIG = "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n"
+WORKDIR_LABEL = "com.docker.compose.project.working_dir"  # compose's label: the job's folder
 DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode needs a role string, never uses it
 
 
@@ -63,10 +64,21 @@ def local_session(container_root: Path | None = None):
     return session
 
 
+def containers(root: Path | str, running: bool = False) -> list[str]:
+    """IDs of the containers whose compose project lives under ``root`` (the SDK's job folders)."""
+    command = ["docker", "ps", "--format", f'{{{{.ID}}}} {{{{.Label "{WORKDIR_LABEL}"}}}}']
+    listed = subprocess.run(command + ([] if running else ["-a"]), capture_output=True, text=True).stdout
+    pairs = (line.partition(" ") for line in listed.splitlines())
+    return [cid for cid, _, workdir in pairs if workdir.startswith(f"{root}/")]
+
+
 def cleanup(session) -> None:
     """Remove the containers, network and folders this session's local jobs left behind."""
     root = Path(session.config["local"]["container_root"])
     for compose_file in root.glob("*/docker-compose.yaml"):  # one compose project per job
         subprocess.run(["docker-compose", "-f", str(compose_file), "down", "--remove-orphans"], capture_output=True)
+    # An endpoint's folder is gone after delete_endpoint(), but its stopped container is not.
+    if leftover := containers(root):
+        subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
     subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)  # kept while in use
     shutil.rmtree(root, ignore_errors=True)

@@ -96,15 +96,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance-type", default="local")
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--role", default=local.DUMMY_ROLE)
-    parser.add_argument("--output", help="file:// or s3:// folder for model.tar.gz")
+    parser.add_argument("--output", help="file:// or s3:// folder for model.tar.gz (local default: build/local-out)")
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
     parser.add_argument("--hyperparameters-file", help="JSON, e.g. local_mode.tune's best-hyperparameters.json")
     args = parser.parse_args(argv)
+    is_local = args.instance_type.startswith("local")
+    output = args.output or (f"file://{Path('build/local-out').resolve()}" if is_local else None)
+    session = None
     try:
         hps = hyperparameters_of(args.hyperparameters_file, args.hp)
-        print(fit(args.image, args.data, hps, args.instance_type, args.instance_count, args.role, args.output))
+        if is_local:
+            local.preflight(args.instance_type)  # before the SDK's session, which fails obscurely without a region
+            session = local.local_session()
+        print(fit(args.image, args.data, hps, args.instance_type, args.instance_count, args.role, output, session))
     except (local.PreflightError, TrainingFailed, ValueError) as exc:
         sys.exit(f"error: {exc}")
+    finally:
+        if session:
+            local.cleanup(session)  # the artifacts are in --output; containers and folders go
 
 
 if __name__ == "__main__":

@@ -26,13 +26,7 @@ def sdk_session(images, tmp_path, monkeypatch):
     yield session
     local.cleanup(session)
     assert not (tmp_path / "container_root").exists()
-
-
-def _containers(root) -> list[str]:
-    """Names of the containers (running or not) whose compose project lives under ``root``."""
-    fmt = '{{.Label "com.docker.compose.project.working_dir"}} {{.Names}}'
-    lines = subprocess.run(["docker", "ps", "-a", "--format", fmt], capture_output=True, text=True).stdout.splitlines()
-    return [line.split()[1] for line in lines if line.startswith(str(root))]
+    assert not local.containers(tmp_path / "container_root")  # training and endpoint containers
 
 
 @pytest.mark.parametrize("instances", [1, 2])
@@ -49,9 +43,9 @@ def test_estimator_trains_in_local_mode(sdk_session, sample_data, tmp_path, capf
     logs = capfd.readouterr().out
     if instances == 2:
         assert logs.count("process group ready: world size 2") == 2
-    assert _containers(sdk_session.config["local"]["container_root"])  # left behind until cleanup
+    assert local.containers(sdk_session.config["local"]["container_root"])  # left behind until cleanup
     local.cleanup(sdk_session)
-    assert not _containers(sdk_session.config["local"]["container_root"])
+    assert not local.containers(sdk_session.config["local"]["container_root"])
 
 
 def test_session_opts_out_of_telemetry(monkeypatch, tmp_path):
@@ -113,7 +107,7 @@ def test_sigterm_to_a_local_mode_training_container_keeps_its_checkpoint(sdk_ses
     runner.start()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        names = _containers(root)
+        names = local.containers(root)
         logs = subprocess.run(["docker", "logs", names[0]], capture_output=True, text=True).stdout if names else ""
         if re.search(r"epoch 1 step 3/", logs):
             break
