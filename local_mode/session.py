@@ -6,6 +6,7 @@ runtime for ``local_gpu``, no region.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -58,6 +59,9 @@ def local_session(container_root: Path | None = None):
     logging.getLogger("sagemaker.local.utils").setLevel(logging.ERROR)
 
     session = LocalSession()
+    # Model.deploy() waits with wait_for_endpoint, which sleeps 30 s before its first look.
+    # A local create_endpoint returns only once the container answers /ping: look after 1 s.
+    session.wait_for_endpoint = functools.partial(session.wait_for_endpoint, poll=1)
     root = container_root or Path(tempfile.mkdtemp(prefix="sagemaker-local-"))
     root.mkdir(parents=True, exist_ok=True)
     session.config = {"local": {"local_code": True, "container_root": str(root)}}

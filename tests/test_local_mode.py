@@ -58,6 +58,18 @@ def test_session_opts_out_of_telemetry(monkeypatch, tmp_path):
     assert session.config["local"]["container_root"] == str(tmp_path / "root")
 
 
+def test_local_deploy_does_not_sleep_30_s_before_looking(monkeypatch, tmp_path):
+    import sagemaker.session
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    session = local.local_session(tmp_path / "root")
+    sleeps: list[float] = []
+    monkeypatch.setattr(sagemaker.session.time, "sleep", sleeps.append)
+    monkeypatch.setattr(session.sagemaker_client, "describe_endpoint", lambda **_: {"EndpointStatus": "InService"})
+    session.wait_for_endpoint("an-endpoint")
+    assert sleeps == [1]  # the SDK's default is one 30 s sleep
+
+
 def test_preflight_names_what_is_missing(monkeypatch):
     monkeypatch.delenv("AWS_DEFAULT_REGION", raising=False)
     monkeypatch.delenv("AWS_REGION", raising=False)
