@@ -51,7 +51,8 @@ def _left_behind(root: Path) -> list[str]:
     return found
 
 
-def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path):
+@pytest.mark.parametrize("instances", [1, 2])
+def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path, instances):
     assert PYTHON.exists(), "no .venv-sdk3: run `make venv-sdk3`"
     (tmp_path / "audit").mkdir()
     (tmp_path / "audit" / "sitecustomize.py").write_text(NET_AUDIT)
@@ -62,12 +63,14 @@ def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path):
     hps = [f"{k}={v}" for k, v in (FAST | {"epochs": "1", "num-workers": "1"}).items()]
     result = subprocess.run(
         [str(PYTHON), "-m", "local_mode.train_v3", "--image", IMAGE, "--data", str(sample_data),
-         "--output", str(tmp_path / "out"), "--hp", *hps],
+         "--output", str(tmp_path / "out"), "--instance-count", str(instances), "--hp", *hps],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert result.stdout.splitlines()[-1] == str(tmp_path / "out" / "model.tar.gz")
     assert "final best_epoch=1" in result.stdout  # the container's log came through
+    if instances == 2:  # both containers (algo-1, algo-2) joined one DDP group
+        assert result.stdout.count("process group ready: world size 2") == 2
     with tarfile.open(tmp_path / "out" / "model.tar.gz") as tar:
         tar.extractall(tmp_path / "model", filter="data")
     _, meta = model_artifact.load(tmp_path / "model")
