@@ -26,31 +26,31 @@ HYPERPARAMETERS = {
 }  # fmt: skip
 
 
-def classify_all(predictor, test_dir: Path) -> float:
-    """Send every test image to the endpoint; print one per class, return the accuracy."""
+def classify_all(predictor, test_dir: Path) -> tuple[float, list[str]]:
+    """Send every test image to the endpoint; returns the accuracy and one line per class."""
     files = sorted(p for p in test_dir.rglob("*") if p.is_file())
-    correct = 0
+    correct, shown = 0, []
     for path in files:
         prediction = deploy.classify(predictor, path, top_k=2)["predictions"][0]
         correct += prediction["label"] == path.parent.name
         if path.stem.endswith("_000"):
             top = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in prediction["top_k"])
-            print(f"  {path.relative_to(test_dir)}: {prediction['label']} (top 2: {top})")
-    return correct / len(files)
+            shown.append(f"  {path.relative_to(test_dir)}: {prediction['label']} (top 2: {top})")
+    return correct / len(files), shown
 
 
-def run(data: Path, out: Path, training_image: str, serving_image: str) -> float:
-    """Train, deploy, classify, tear down; returns the test accuracy."""
+def run(data: Path, out: Path, training_image: str, serving_image: str) -> tuple[float, list[str]]:
+    """Train, deploy, classify, tear down; returns the test accuracy and a few predictions."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # local mode needs a region, never calls it
     session = local.local_session(out / "container_root")
     try:
         started = time.monotonic()
         output = f"file://{out / 'artifacts'}"
         model_data = train.fit(training_image, str(data), HYPERPARAMETERS, output_path=output, session=session)
-        print(f"\ntrained in local mode in {time.monotonic() - started:.0f} s: {model_data}")
+        print(f"\ntrained in local mode in {time.monotonic() - started:.0f} s: {model_data}", flush=True)
         started = time.monotonic()
         predictor = deploy.deploy(serving_image, model_data, session=session)
-        print(f"endpoint up in {time.monotonic() - started:.0f} s; predictions for the test images:")
+        print(f"endpoint up in {time.monotonic() - started:.0f} s; classifying the test images", flush=True)
         try:
             return classify_all(predictor, data / "test")
         finally:
@@ -72,9 +72,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"generated the sample dataset in {args.data}: {sample_data.generate(args.data)}")
     started = time.monotonic()
     try:
-        accuracy = run(args.data.resolve(), args.out.resolve(), args.training_image, args.serving_image)
+        accuracy, shown = run(args.data.resolve(), args.out.resolve(), args.training_image, args.serving_image)
     except (local.PreflightError, train.TrainingFailed) as exc:
         sys.exit(f"error: {exc}")
+    print("\npredictions through the local endpoint (one test image per class):", *shown, sep="\n")
     print(f"test accuracy {accuracy:.0%} (chance {1 / len(CLASSES):.0%}); demo took {time.monotonic() - started:.0f} s")
     print(f"model.tar.gz and output.tar.gz (metrics, training curve): {args.out / 'artifacts'}")
 
