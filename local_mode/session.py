@@ -69,20 +69,26 @@ def local_session(container_root: Path | None = None):
 
 
 def containers(root: Path | str, running: bool = False) -> list[str]:
-    """IDs of the containers whose compose project lives under ``root`` (the SDK's job folders)."""
+    """IDs of the containers whose compose project lives in or under ``root`` (the SDK's job folders)."""
     command = ["docker", "ps", "--format", f'{{{{.ID}}}} {{{{.Label "{WORKDIR_LABEL}"}}}}']
     listed = subprocess.run(command + ([] if running else ["-a"]), capture_output=True, text=True).stdout
     pairs = (line.partition(" ") for line in listed.splitlines())
-    return [cid for cid, _, workdir in pairs if workdir.startswith(f"{root}/")]
+    return [cid for cid, _, workdir in pairs if workdir == str(root) or workdir.startswith(f"{root}/")]
+
+
+def remove_jobs(root: Path) -> None:
+    """Remove the containers, network and folders that local jobs under ``root`` left behind.
+
+    By compose's label rather than by compose file: SDK v2 deletes an endpoint's folder but
+    leaves its stopped container, and SDK v3 puts its compose file elsewhere.
+    """
+    if leftover := containers(root):
+        subprocess.run(["docker", "stop", *leftover], capture_output=True)  # SIGTERM first, as compose down does
+        subprocess.run(["docker", "rm", *leftover], capture_output=True)
+    subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)  # kept while in use
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def cleanup(session) -> None:
-    """Remove the containers, network and folders this session's local jobs left behind."""
-    root = Path(session.config["local"]["container_root"])
-    for compose_file in root.glob("*/docker-compose.yaml"):  # one compose project per job
-        subprocess.run(["docker-compose", "-f", str(compose_file), "down", "--remove-orphans"], capture_output=True)
-    # An endpoint's folder is gone after delete_endpoint(), but its stopped container is not.
-    if leftover := containers(root):
-        subprocess.run(["docker", "rm", "-f", *leftover], capture_output=True)
-    subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)  # kept while in use
-    shutil.rmtree(root, ignore_errors=True)
+    """Remove what this session's local jobs left behind (see ``remove_jobs``)."""
+    remove_jobs(Path(session.config["local"]["container_root"]))

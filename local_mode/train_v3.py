@@ -16,31 +16,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from local_mode.session import PreflightError, config_file, preflight
-from local_mode.train import TrainingFailed  # shared with SDK v2 training: the container's failure reason
+from local_mode.session import PreflightError, config_file, preflight, remove_jobs
+from local_mode.train import TrainingFailed, channels_of, hyperparameters_of  # shared with SDK v2 training
 from train.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
 
-CHANNELS = ("training", "validation", "test")
 CONFIG_OVERRIDE = "SAGEMAKER_USER_CONFIG_OVERRIDE"
 IMDS_OFF = "AWS_EC2_METADATA_DISABLED"  # local data and a local image need no credentials
-NETWORK = "sagemaker-local"  # the SDK's compose file names this network for every local job
-
-
-def channels_of(data: str) -> dict[str, str]:
-    """``{channel: folder}`` for the channel folders of a local dataset folder."""
-    root = Path(data).resolve()
-    found = {c: str(root / c) for c in CHANNELS if (root / c).is_dir()}
-    if "training" not in found:
-        raise PreflightError(f"no training folder in {root}")
-    return found
 
 
 @contextlib.contextmanager
@@ -58,22 +45,6 @@ def offline() -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def compose_command() -> list[str]:
-    """The compose CLI the SDK picks: ``docker compose`` if it is v2 or later, else ``docker-compose``."""
-    version = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
-    major = re.search(r"version\s+v?(\d+)", version.stdout) if version.returncode == 0 else None
-    return ["docker", "compose"] if major and int(major.group(1)) >= 2 else ["docker-compose"]
-
-
-def cleanup(container_root: Path) -> None:
-    """Remove the containers, network and folders a local job under ``container_root`` left behind."""
-    compose_file = container_root / "docker-compose.yaml"
-    if compose_file.exists():  # one compose project per job, named after the folder
-        subprocess.run([*compose_command(), "-f", str(compose_file), "down", "--remove-orphans"], capture_output=True)
-    subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)  # kept while another job uses it
-    shutil.rmtree(container_root, ignore_errors=True)
 
 
 def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, compute: dict, root: Path) -> None:
@@ -99,8 +70,8 @@ def _failure(root: Path) -> str:
 
 def _collect(root: Path, output_dir: Path) -> str:
     """Copy the job's model.tar.gz and output.tar.gz to ``output_dir``; raise if the job wrote a failure."""
-    if _failure(root):
-        raise TrainingFailed(_failure(root))
+    if reason := _failure(root):
+        raise TrainingFailed(reason)
     output_dir.mkdir(parents=True, exist_ok=True)
     for name in ("model.tar.gz", "output.tar.gz"):
         shutil.copyfile(root / "compressed_artifacts" / name, output_dir / name)
@@ -111,7 +82,7 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
         output_dir: str | Path = "build/train-v3", instance_type: str = "local_cpu") -> str:  # fmt: skip
     """Run a local training job with the image; returns the path of its model.tar.gz in ``output_dir``."""
     preflight("local_gpu" if instance_type == "local_gpu" else "local")
-    channels = channels_of(data)
+    channels = {name: uri.removeprefix("file://") for name, uri in channels_of(data).items()}
     root = Path(tempfile.mkdtemp(prefix="sagemaker-v3-"))
     compute = {"instance_type": instance_type, "instance_count": instance_count}
     try:
@@ -122,7 +93,7 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
             raise TrainingFailed(_failure(root) or str(exc)) from exc
         return _collect(root, Path(output_dir))
     finally:
-        cleanup(root)
+        remove_jobs(root)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -134,10 +105,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", default="build/train-v3", help="folder for model.tar.gz and output.tar.gz")
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
     args = parser.parse_args(argv)
-    hps = dict(item.split("=", 1) for item in args.hp)
     try:
+        hps = hyperparameters_of(None, args.hp)
         print(fit(args.image, args.data, hps, args.instance_count, args.output, args.instance_type))
-    except (PreflightError, TrainingFailed) as exc:
+    except (PreflightError, TrainingFailed, ValueError) as exc:
         sys.exit(f"error: {exc}")
 
 

@@ -161,7 +161,7 @@ def test_a_starved_loader_is_flagged(sample_data, tmp_path):
     found, stats = profiled_run(tmp_path / "job", channels, {"epochs": "2", "num-workers": "1", "profile-steps": "1"})
     assert stats["steps"] == 10 and stats["steady_steps"] == 5  # 80 photos, batch 16, 2 epochs
     loader = found["LoaderBottleneck"]
-    assert loader["triggered"], loader  # measured 0.67-0.68 on 2 busy cores; threshold 0.25
+    assert loader["triggered"], loader  # measured 0.62-0.80 on 2 busy cores; threshold 0.25
     assert "raise num-workers" in loader["recommendation"] or config.available_cpus() == 1
     assert found["WorkerCount"]["triggered"] is (config.available_cpus() >= 2)
 
@@ -172,4 +172,5 @@ def test_a_healthy_run_is_not_flagged(sample_data, tmp_path):
     found, stats = profiled_run(tmp_path / "job", channels, {"epochs": "2"})
     assert stats["steps"] == 30  # 240 images, batch 16, 2 epochs
     assert not found["LoaderBottleneck"]["triggered"], found["LoaderBottleneck"]  # measured 0.014-0.015
-    assert not found["WorkerCount"]["triggered"] and not found["BatchSize"]["applicable"]
+    assert not found["WorkerCount"]["triggered"]
+    assert found["BatchSize"]["applicable"] == torch.cuda.is_available()  # GPU memory headroom only

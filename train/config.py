@@ -66,6 +66,11 @@ def available_cpus() -> int:
     return max(1, min(cpus, math.ceil(quota))) if quota else cpus
 
 
+def cpus_per_process() -> int:
+    """This host's CPUs shared among its training processes (LOCAL_WORLD_SIZE): auto ``num-workers``."""
+    return max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
 def _cgroup_cpu_quota() -> float | None:
     try:
         quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()

@@ -84,7 +84,7 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep):
     splits = data.resolve_splits(paths.channels, args)
     workers = args.num_workers
     if workers is None:
-        workers = max(1, config.available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        workers = config.cpus_per_process()
     pin = ctx.device.type == "cuda"
     transforms = {"train": data.train_transform(prep, args.crop_min_scale), "val": model_artifact.eval_transform(prep)}
     loaders, samplers, bad = {}, {}, {}
@@ -276,12 +276,10 @@ def setup(args, paths: config.Paths, stop: checkpoint.StopRequest) -> Job:
 
 def start_profiler(job: Job) -> profiler.Profiler:
     """The opt-in profiler: step timings, a trace and (rank 0) a report in output data/profile."""
-    processes, cpus = int(os.environ.get("LOCAL_WORLD_SIZE", "1")), config.available_cpus()
     context = {
         "world_size": job.ctx.world_size,
-        "processes_per_host": processes,
-        "available_cpus": cpus,
-        "cpus_per_process": max(1, cpus // processes),
+        "available_cpus": config.available_cpus(),
+        "cpus_per_process": config.cpus_per_process(),
         "workers": job.loaders["train"].num_workers,
         "batch_size": job.args.batch_size,
         "image_size": job.args.image_size,

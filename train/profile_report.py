@@ -17,11 +17,8 @@ import statistics
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-# The first steps start the loader workers and warm up allocators: not the steady state. The
-# profiled steps (``profiled_steps``) are left out too: tracing slows them down.
-WARMUP_STEPS = 3
 # Above a quarter of each step spent waiting for the batch, more decoding capacity shortens
-# steps noticeably. Measured on 2 CPU cores: healthy runs wait 0-6%, a starved one 75-90%.
+# steps noticeably. Measured on 2 CPU cores: healthy runs wait 1-2%, a starved one 62-80%.
 LOADER_WAIT_SHARE = 0.25
 # Debugger's Dataloader rule: fewer workers than 70% of the cores leaves decoding capacity
 # idle; more than twice the cores only adds contention.
@@ -42,12 +39,18 @@ INIT_MAX_SHARE, INIT_MIN_SECONDS = 0.2, 60.0
 OUTLIER_FACTOR, OUTLIER_MAX_TIME_SHARE = 3.0, 0.1
 
 
+def warmup_steps(summary: dict) -> int:
+    """Steps before the profiler's own (loader start-up, allocator warm-up): not the steady state."""
+    return summary["profiled_steps"][0] - 1
+
+
 def steady_steps(summary: dict) -> list[int]:
-    """Indices of the steps that show the steady state: after the warm-up, outside the profiled steps."""
-    count = len(summary["steps"]["time"])
-    first, last = summary.get("profiled_steps") or (0, -1)
-    steady = [i for i in range(WARMUP_STEPS, count) if not first <= i + 1 <= last]
-    return steady or list(range(min(WARMUP_STEPS, max(count - 1, 0)), count))  # a short run: what there is
+    """Indices of the steps that show the steady state: after the warm-up, outside the profiled steps
+    (tracing slows those down)."""
+    count, warmup = len(summary["steps"]["time"]), warmup_steps(summary)
+    first, last = summary["profiled_steps"]
+    steady = [i for i in range(warmup, count) if not first <= i + 1 <= last]
+    return steady or list(range(min(warmup, max(count - 1, 0)), count))  # a short run: what there is
 
 
 def step_stats(summary: dict) -> dict:
@@ -382,7 +385,8 @@ def _steps_figure(report: dict):
     if profiled and profiled[1] >= profiled[0]:
         ax.axvspan(profiled[0] - 0.5, profiled[1] + 0.5, color="tab:green", alpha=0.15, label="profiled (left out)")
     if x:
-        ax.axvspan(0.5, min(WARMUP_STEPS, len(x)) + 0.5, color="gray", alpha=0.15, label="warm-up (left out)")
+        warmup = min(warmup_steps(report["summary"]), len(x))
+        ax.axvspan(0.5, warmup + 0.5, color="gray", alpha=0.15, label="warm-up (left out)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title="per training step (grey lines: epoch starts)", xlabel="step", ylabel="seconds")
     ax.legend(loc="upper right")

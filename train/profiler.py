@@ -10,9 +10,7 @@ output.tar.gz. ``train.profile_report`` turns the summary into findings.
 from __future__ import annotations
 
 import contextlib
-import gzip
 import logging
-import shutil
 import statistics
 import time
 from pathlib import Path
@@ -26,7 +24,6 @@ log = logging.getLogger(__name__)
 # tracing them would show start-up, not the steady state.
 TRACE_WAIT_STEPS = 3
 TRACE_WARMUP_STEPS = 1  # torch.profiler records but discards it, so its own start-up cost stays out
-TRACE_GZIP_BYTES = 1 << 20  # Perfetto and chrome://tracing open .json.gz; a trace this size compresses ~10x
 SAMPLE_SECONDS = 1.0  # NVML itself averages GPU utilization over up to a second
 TOP_OPS = 15
 
@@ -65,6 +62,7 @@ class Profiler:
             torch.cuda.reset_peak_memory_stats(self.device)
         self._torch.start()
         self._running = True
+        self.begin_epoch(0)
         return self
 
     def begin_epoch(self, epoch: int) -> None:
@@ -79,9 +77,7 @@ class Profiler:
         self.step_times.append(elapsed)
         self.data_waits.append(waited)
         self.epochs.append(self._epoch)
-        if self._mark is None:
-            self.begin_epoch(self._epoch)
-        elif time.perf_counter() - self._mark[0] >= SAMPLE_SECONDS:
+        if time.perf_counter() - self._mark[0] >= SAMPLE_SECONDS:
             self._sample()
         self._torch.step()
 
@@ -129,18 +125,12 @@ class Profiler:
     def _export(self, prof: torch.profiler.profile) -> None:
         """torch.profiler's ``on_trace_ready``: write the trace, keep its step range and top ops."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"trace_rank{self.rank}.json"
+        path = self.folder / f"trace_rank{self.rank}.json.gz"  # torch gzips it; Perfetto opens .json.gz
         prof.export_chrome_trace(str(path))
-        if path.stat().st_size > TRACE_GZIP_BYTES:
-            with path.open("rb") as raw, gzip.open(f"{path}.gz", "wb", compresslevel=6) as packed:
-                shutil.copyfileobj(raw, packed)
-            path.unlink()
-            path = path.with_name(path.name + ".gz")
         events = prof.events()
         first, last = self.trace_steps
         self.trace = {
             "file": path.name,
-            "bytes": path.stat().st_size,
             "steps": [first, min(last, len(self.step_times))],
             "gpu_busy_share": kernel_busy_share(events) if self.device.type == "cuda" else None,
             "top_ops": top_ops(prof),
@@ -151,9 +141,9 @@ class Profiler:
 def kernel_busy_share(events) -> float | None:
     """Share of the traced steps' span in which at least one GPU kernel or copy ran."""
     steps = [e.time_range for e in events if e.name.startswith("ProfilerStep#")]
-    device = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
     if not steps:
         return None
+    device = sorted((e.time_range.start, e.time_range.end) for e in events if e.device_type == DeviceType.CUDA)
     start, end = min(r.start for r in steps), max(r.end for r in steps)
     busy, reached = 0.0, start
     for lo, hi in device:  # union of the intervals, clipped to the steps' span
@@ -166,13 +156,12 @@ def kernel_busy_share(events) -> float | None:
 
 def top_ops(prof: torch.profiler.profile) -> list[dict]:
     """The operators with the most self time in the traced steps (CPU and, on GPU, device)."""
-    rows = []
-    for avg in prof.key_averages():
-        device_us = getattr(avg, "self_device_time_total", 0.0)
-        rows.append({"name": avg.key, "calls": avg.count, "self_cpu_ms": avg.self_cpu_time_total / 1e3})
-        rows[-1]["self_device_ms"] = device_us / 1e3
-    rows.sort(key=lambda r: max(r["self_cpu_ms"], r["self_device_ms"]), reverse=True)
-    return rows[:TOP_OPS]
+    rows = [
+        {"name": avg.key, "calls": avg.count, "self_cpu_ms": avg.self_cpu_time_total / 1e3,
+         "self_device_ms": avg.self_device_time_total / 1e3}
+        for avg in prof.key_averages()
+    ]  # fmt: skip
+    return sorted(rows, key=lambda r: max(r["self_cpu_ms"], r["self_device_ms"]), reverse=True)[:TOP_OPS]
 
 
 def _rounded(values: list[float]) -> list[float]:
