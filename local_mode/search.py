@@ -23,16 +23,11 @@ from datetime import datetime
 from pathlib import Path
 
 from local_mode import session as local
+from local_mode import train as local_train
 from local_mode.space import COURSE_SPACE, Space, suggest
-from local_mode.train import channels_of, failure_reason
+from local_mode.train import channels_of
 from local_mode.trial_log import Monitor, Router
 from train.config import available_cpus
-from train.metrics import METRIC_DEFINITIONS
-
-# Held from a trial's `compose up` until its container exists, and by cleanup: cleanup
-# removes the shared `sagemaker-local` network unless a container uses it, and must not
-# do so while another trial's compose has created it but not yet attached a container.
-_STARTING = threading.Lock()
 
 
 class TrialFailed(Exception):
@@ -73,34 +68,8 @@ def stop_trial(root: Path) -> None:
         subprocess.run(["docker", "stop", "-t", "60", *ids], capture_output=True)
 
 
-def _release_when_started(root: Path, fit_done: threading.Event) -> None:
-    while not fit_done.is_set() and not local.containers(root):
-        time.sleep(0.5)
-    _STARTING.release()
-
-
-def _fit(settings: Settings, session, hyperparameters: dict, folder: Path, job_name: str) -> None:
-    """The trial's training job, holding ``_STARTING`` until its container exists."""
-    from sagemaker.estimator import Estimator
-
-    estimator = Estimator(
-        image_uri=settings.image, role=local.DUMMY_ROLE, instance_count=1, instance_type=settings.instance_type,
-        hyperparameters=hyperparameters, metric_definitions=METRIC_DEFINITIONS, output_path=f"file://{folder}",
-        environment={"OMP_NUM_THREADS": str(settings.cpus_per_trial)}, sagemaker_session=session,
-    )  # fmt: skip
-    root = Path(session.config["local"]["container_root"])
-    fit_done = threading.Event()
-    _STARTING.acquire()
-    threading.Thread(target=_release_when_started, args=(root, fit_done), daemon=True).start()
-    try:
-        estimator.fit(channels_of(settings.data), job_name=job_name, wait=True, logs=False)
-    finally:
-        fit_done.set()
-
-
 def _session(settings: Settings, root: Path):
-    with _STARTING:  # local_session() sets an environment variable that the SDK reads
-        session = local.local_session(root)
+    session = local.local_session(root)
     if settings.instance_type == "local":  # compose's `cpus`: the job sees this many (cgroup quota)
         session.config["local"]["container_config"] = {"cpus": float(settings.cpus_per_trial)}
     return session
@@ -116,12 +85,16 @@ def _run_job(trial, settings: Settings, router: Router, hyperparameters: dict, f
         with router.routing(monitor.write):  # the SDK's own lines, too, go to the trial's log
             session = _session(settings, root)
             try:
-                _fit(settings, session, hyperparameters, folder, f"{settings.study_name}-{trial.number:03d}")
-            except Exception as exc:  # a failed job, or the stop of a pruned one
+                local_train.fit(
+                    settings.image, settings.data, hyperparameters, settings.instance_type,
+                    output_path=f"file://{folder}", session=session,
+                    environment={"OMP_NUM_THREADS": str(settings.cpus_per_trial)},
+                    job_name=f"{settings.study_name}-{trial.number:03d}",
+                )  # fmt: skip
+            except Exception as exc:  # a failed job (TrainingFailed: its reason), or the stop of a pruned one
                 error = exc
             finally:
-                with _STARTING:
-                    local.cleanup(session)
+                local.cleanup(session, network=False)  # search() removes the shared network at the end
     return monitor, error
 
 
@@ -142,7 +115,7 @@ def run_trial(trial, settings: Settings, router: Router, tuned: dict[str, str]) 
     if monitor.pruned_at is not None:
         raise optuna.TrialPruned(f"val_accuracy {monitor.history[-1]} after epoch {monitor.pruned_at}")
     if error is not None or len(monitor.history) < monitor.last_epoch:
-        reason = failure_reason(f"file://{folder}", folder) or str(error or "no val_accuracy line for every epoch")
+        reason = str(error or "no val_accuracy line for every epoch")
         trial.set_user_attr("error", reason)
         raise TrialFailed(f"trial {trial.number} failed: {reason}")
     return monitor.history[-1]
@@ -184,6 +157,9 @@ def search(settings: Settings):
     saved = sys.stdout, sdk_log.level
     sys.stdout = router
     sdk_log.setLevel(logging.CRITICAL)  # each trial's outcome is a line of ours, its log a file
+    # Created once: parallel trials' compose files all name it, and concurrent creations race.
+    if subprocess.run(["docker", "network", "inspect", local.NETWORK], capture_output=True).returncode:
+        subprocess.run(["docker", "network", "create", local.NETWORK], capture_output=True, check=True)
     try:
         _run_all(study, settings, router)
     except KeyboardInterrupt:
@@ -191,6 +167,7 @@ def search(settings: Settings):
     finally:
         sys.stdout = saved[0]
         sdk_log.setLevel(saved[1])
+        subprocess.run(["docker", "network", "rm", local.NETWORK], capture_output=True)  # fails while in use
         with contextlib.suppress(OSError):
             (settings.out / "containers").rmdir()  # each trial removed its own container root
     return study
@@ -199,11 +176,12 @@ def search(settings: Settings):
 def _run_all(study, settings: Settings, router: Router) -> None:
     """Ask in this thread, in order (so that --seed reproduces the suggestions; optimize()
     with n_jobs > 1 reseeds the sampler per thread); run up to n_jobs trials at once."""
-    with concurrent.futures.ThreadPoolExecutor(settings.n_jobs, thread_name_prefix="trial") as pool:
+    n_jobs = settings.n_jobs
+    with concurrent.futures.ThreadPoolExecutor(n_jobs, thread_name_prefix="trial") as pool:
         running: set[concurrent.futures.Future] = set()
         try:
             for _ in range(settings.trials):
-                if len(running) >= settings.n_jobs:
+                if len(running) >= n_jobs:
                     done, running = concurrent.futures.wait(running, return_when=concurrent.futures.FIRST_COMPLETED)
                     for future in done:
                         future.result()  # an unexpected error stops the search
@@ -214,8 +192,7 @@ def _run_all(study, settings: Settings, router: Router) -> None:
                 future.result()
         except BaseException:  # Ctrl-C or an error: stop the running jobs, let their threads clean up
             router.say("stopping the running trials (their containers checkpoint on SIGTERM)")
-            for root in (settings.out.resolve() / "containers").glob("trial-*"):
-                stop_trial(root)
+            stop_trial(settings.out.resolve() / "containers")  # every trial's containers live under it
             raise
 
 
@@ -227,11 +204,10 @@ def _run_and_tell(study, trial, settings: Settings, router: Router, tuned: dict[
         value = run_trial(trial, settings, router, tuned)
     except TrialPruned:
         study.tell(trial, state=TrialState.PRUNED)
-    except TrialFailed:
+    except BaseException as exc:
         study.tell(trial, state=TrialState.FAIL)
-    except BaseException:
-        study.tell(trial, state=TrialState.FAIL)
-        raise
+        if not isinstance(exc, TrialFailed):
+            raise
     else:
         study.tell(trial, value)
     router.say(_summary(study.get_trials(deepcopy=False)[trial.number]))

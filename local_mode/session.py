@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 
 CONFIG = "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n"
+NETWORK = "sagemaker-local"  # the SDK's compose files attach every local job to it
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"  # compose's label: the job's folder
 DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode needs a role string, never uses it
 
@@ -76,7 +77,7 @@ def containers(root: Path | str, running: bool = False) -> list[str]:
     return [cid for cid, _, workdir in pairs if workdir == str(root) or workdir.startswith(f"{root}/")]
 
 
-def remove_jobs(root: Path) -> None:
+def remove_jobs(root: Path, network: bool = True) -> None:
     """Remove the containers, network and folders that local jobs under ``root`` left behind.
 
     By compose's label rather than by compose file: SDK v2 deletes an endpoint's folder but
@@ -85,10 +86,11 @@ def remove_jobs(root: Path) -> None:
     if leftover := containers(root):
         subprocess.run(["docker", "stop", *leftover], capture_output=True)  # SIGTERM first, as compose down does
         subprocess.run(["docker", "rm", *leftover], capture_output=True)
-    subprocess.run(["docker", "network", "rm", "sagemaker-local"], capture_output=True)  # kept while in use
+    if network:  # shared by all local jobs; parallel ones keep it until the last is done
+        subprocess.run(["docker", "network", "rm", NETWORK], capture_output=True)  # kept while in use
     shutil.rmtree(root, ignore_errors=True)
 
 
-def cleanup(session) -> None:
+def cleanup(session, network: bool = True) -> None:
     """Remove what this session's local jobs left behind (see ``remove_jobs``)."""
-    remove_jobs(Path(session.config["local"]["container_root"]))
+    remove_jobs(Path(session.config["local"]["container_root"]), network)

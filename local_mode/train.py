@@ -36,7 +36,8 @@ def channels_of(data: str) -> dict[str, str]:
 
 
 def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "local", instance_count: int = 1,
-        role: str = local.DUMMY_ROLE, output_path: str | None = None, session=None) -> str:  # fmt: skip
+        role: str = local.DUMMY_ROLE, output_path: str | None = None, session=None,
+        environment: dict | None = None, job_name: str | None = None) -> str:  # fmt: skip
     """Run a training job; returns the model artifact's URI (model.tar.gz)."""
     from sagemaker.estimator import Estimator
 
@@ -46,10 +47,10 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "
     estimator = Estimator(
         image_uri=image_uri, role=role, instance_count=instance_count, instance_type=instance_type,
         hyperparameters=hyperparameters, metric_definitions=METRIC_DEFINITIONS, output_path=output_path,
-        sagemaker_session=session or (local.local_session() if is_local else None),
+        environment=environment, sagemaker_session=session or (local.local_session() if is_local else None),
     )  # fmt: skip
     try:
-        estimator.fit(channels_of(data), wait=True, logs=True)
+        estimator.fit(channels_of(data), job_name=job_name, wait=True, logs=True)
     except RuntimeError as exc:  # local mode's "Failed to run: docker-compose ..."
         if not is_local:
             raise

@@ -21,8 +21,9 @@ import sys
 from pathlib import Path
 
 from local_mode import session as local
-from local_mode.space import COURSE_SPACE, Space, fit_to_data, sagemaker_ranges, training_images, write_best
+from local_mode.space import COURSE_SPACE, TUNED, Space, fit_to_data, sagemaker_ranges, training_images, write_best
 from local_mode.train import channels_of, hyperparameters_of
+from train.config import _number  # the hyperparameters' own bounded-number parser
 from train.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
 SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # what SageMaker adds to a job's hyperparameters
@@ -42,8 +43,7 @@ def tuner(image_uri: str, role: str, instance_type: str = "ml.g5.xlarge", max_jo
 
     estimator = Estimator(
         image_uri=image_uri, role=role, instance_count=1, instance_type=instance_type,
-        hyperparameters=hyperparameters or {}, metric_definitions=METRIC_DEFINITIONS, output_path=output_path,
-        sagemaker_session=session,
+        hyperparameters=hyperparameters or {}, output_path=output_path, sagemaker_session=session,
     )  # fmt: skip
     return HyperparameterTuner(
         estimator, objective_metric_name=OBJECTIVE_METRIC, hyperparameter_ranges=sagemaker_ranges(space),
@@ -139,25 +139,13 @@ def space_of(args: argparse.Namespace) -> Space:
 def static_of(args: argparse.Namespace) -> dict[str, str]:
     """Fixed hyperparameters: --hp key=value ..., and --epochs."""
     static = hyperparameters_of(None, args.hp) | ({"epochs": str(args.epochs)} if args.epochs else {})
-    if tuned := sorted(set(static) & {"lr", "batch-size", "momentum"}):
+    if tuned := sorted(set(static) & set(TUNED)):
         raise ValueError(f"--hp {tuned[0]}: tuned hyperparameters take a range (--lr, --batch-sizes, --momentum)")
     return static
 
 
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 1")
-    return int(text)
-
-
-def _percentile(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0 <= value < 100:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a percentile in [0, 100)")
-    return value
+_positive = _number(int, 1)
+_percentile = _number(float, 0, 100, high_open=True)
 
 
 def parser() -> argparse.ArgumentParser:
