@@ -14,11 +14,14 @@ training code.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import json
 import os
 import platform
+import shutil
+import stat
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +34,7 @@ from torchvision.transforms import v2
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
 METADATA_FILE = "artifact.json"
+ARTIFACT_FILES = (METADATA_FILE, WEIGHTS_FILE)  # all that a model folder needs; serving copies nothing else
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -144,6 +148,31 @@ def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     return model.to(device).eval(), meta
 
 
+def copy_files(source: str | os.PathLike, target: str | os.PathLike) -> Path:
+    """Copy only the artifact's two files from ``source`` into a new folder ``target``.
+
+    Whatever else a model folder holds (code, ``MAR-INF/``, links) stays behind, so serving
+    never imports or reads it. A file that is a symbolic link or not a regular file is refused.
+    """
+    source, target = Path(source), Path(target)
+    target.mkdir(parents=True)
+    for name in ARTIFACT_FILES:
+        try:
+            fd = os.open(source / name, os.O_RDONLY | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise ArtifactError(f"{source / name} not found: is this a model trained by this project?") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise ArtifactError(f"{source / name} is a symbolic link: refused") from None
+            raise ArtifactError(f"cannot read {source / name}: {exc.strerror}") from None
+        with os.fdopen(fd, "rb") as src:
+            if not stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+                raise ArtifactError(f"{source / name} is not a regular file")
+            with open(target / name, "xb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    return target
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
     """Upright RGB: EXIF orientation applied, transparency composited on white."""
     image = ImageOps.exif_transpose(image)
@@ -164,8 +193,9 @@ def decode_image(
     """Decode an image file or bytes to upright RGB.
 
     ``draft_size`` lets JPEG decode at a reduced scale that still covers it (much faster
-    for large photos); training evaluation and serving pass the same value. ``max_pixels``
-    refuses larger images before decoding them (decompression bombs).
+    for large photos); training evaluation and serving pass the same value, the resize size.
+    ``max_pixels`` refuses larger images before decoding them (decompression bombs), and
+    images so elongated that resizing their short side to ``draft_size`` would exceed it.
     Raises ``PIL.UnidentifiedImageError``/``OSError``/``Image.DecompressionBombError``.
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
@@ -174,10 +204,22 @@ def decode_image(
             raise Image.DecompressionBombError(
                 f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels} pixels"
             )
+        if max_pixels and draft_size and _resized_pixels(image.size, draft_size) > max_pixels:
+            # a 200-byte 40000x1 PNG passes the cap above, but would resize to 2.6 billion pixels
+            raise Image.DecompressionBombError(
+                f"image of {image.width}x{image.height} pixels is too elongated: resized to {draft_size} pixels "
+                f"on its short side it would exceed the limit of {max_pixels} pixels"
+            )
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         return to_rgb(image)
+
+
+def _resized_pixels(size: tuple[int, int], short_side: int) -> int:
+    """Pixels of an image of ``size`` once its short side is resized to ``short_side``."""
+    short, long = max(min(size), 1), max(size)
+    return short_side * round(long * short_side / short)
 
 
 def eval_transform(prep: Preprocessing) -> v2.Compose:

@@ -17,7 +17,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from PIL import Image
@@ -27,6 +30,7 @@ import model_artifact
 JSON = "application/json"
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image")
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
+ADDRESS = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # e.g. Pillow's "<_io.BytesIO object at 0x7f...>"
 
 
 class RequestError(Exception):
@@ -40,18 +44,22 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class DecodeOptions:
-    """What one request may carry, and the decoder's draft size (as in training evaluation)."""
+    """What one request may carry, the decoder's draft size (as in training evaluation), and
+    ``prepare``: what each image becomes as soon as it is decoded (the model's input tensor),
+    so that only one full-size image is held at a time."""
 
     max_images: int
     max_pixels: int
     draft_size: int | None = None
+    max_request_pixels: int | None = None
+    prepare: Callable[[Image.Image], Any] = lambda image: image
 
 
 @dataclass
 class Request:
-    """A decoded request: RGB images and the asked-for ``top_k`` (None: default)."""
+    """A decoded request: one prepared input per image, and the asked-for ``top_k`` (None: default)."""
 
-    images: list[Image.Image]
+    inputs: list
     top_k: int | None = None
 
 
@@ -75,13 +83,15 @@ def decode(body: bytes | bytearray | None, content_type: str | None, options: De
     if kind == JSON:
         return _decode_json(bytes(body), options)
     if kind in IMAGE_TYPES or kind.startswith("image/"):
-        return Request([_decode_image(bytes(body), options, "the body")])
+        return Request([_decode_image(bytes(body), options, "the body", options.max_request_pixels)[0]])
     raise RequestError(415, f"unsupported content type {content_type!r}; send {', '.join(IMAGE_TYPES)} or {JSON}")
 
 
 def _decode_json(body: bytes, options: DecodeOptions) -> Request:
     try:
         payload = json.loads(body)
+    except RecursionError:
+        raise RequestError(400, "invalid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
         raise RequestError(400, f"invalid JSON: {exc}") from None
     instances = payload.get("instances") if isinstance(payload, dict) else None
@@ -89,7 +99,8 @@ def _decode_json(body: bytes, options: DecodeOptions) -> Request:
         raise RequestError(400, 'expected {"instances": [{"b64": "<base64 image>"}, ...]}')
     if len(instances) > options.max_images:
         raise RequestError(400, f"too many images: {len(instances)} > {options.max_images} per request")
-    images = []
+    top_k = parse_top_k(payload.get("top_k"))  # a bad top_k fails before any image is decoded
+    inputs, budget = [], options.max_request_pixels
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
             raise RequestError(400, f'instances[{i}] must be {{"b64": "<base64 image>"}}')
@@ -97,18 +108,33 @@ def _decode_json(body: bytes, options: DecodeOptions) -> Request:
             data = base64.b64decode(instance["b64"], validate=True)
         except (binascii.Error, ValueError):
             raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
-        images.append(_decode_image(data, options, f"instances[{i}]"))
-    return Request(images, parse_top_k(payload.get("top_k")))
+        inputs.append(_decode_image(data, options, f"instances[{i}]", budget))
+        if budget is not None:
+            budget -= inputs[-1][1]
+    return Request([prepared for prepared, _ in inputs], top_k)
 
 
-def _decode_image(data: bytes, options: DecodeOptions, where: str) -> Image.Image:
+def _decode_image(data: bytes, options: DecodeOptions, where: str, budget: int | None):
+    """(prepared input, decoded pixels) of one image; client errors become ``RequestError``."""
+    limit = options.max_pixels if budget is None else min(options.max_pixels, budget)
     try:
-        return model_artifact.decode_image(data, options.draft_size, options.max_pixels)
+        image = model_artifact.decode_image(data, options.draft_size, limit)
+        return options.prepare(image), image.width * image.height
     except Image.DecompressionBombError as exc:
+        if limit < options.max_pixels:
+            reason = f"the images of one request may have {options.max_request_pixels} pixels together"
+            raise RequestError(413, f"{where}: {reason}") from None
         raise RequestError(413, f"{where}: {exc}") from None
-    except (OSError, ValueError, SyntaxError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise RequestError(400, f"{where} is not a readable image: {reason}") from None
+    except MemoryError:
+        raise RequestError(413, f"{where} is too large to decode") from None
+    except Exception as exc:  # Pillow raises many types on hostile bytes: all are the client's
+        raise RequestError(400, f"{where} is not a readable image: {_describe(exc)}") from None
+
+
+def _describe(exc: Exception) -> str:
+    """The first line of an exception's message, without object addresses."""
+    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return ADDRESS.sub("", text).strip() or type(exc).__name__
 
 
 def parse_top_k(value) -> int | None:
@@ -117,7 +143,7 @@ def parse_top_k(value) -> int | None:
         return None
     try:
         k = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         k = 0
     if k < 1 or str(value).strip() not in (str(k), f"{k}.0"):
         raise RequestError(400, f"top_k must be a positive integer, got {value!r}")

@@ -49,22 +49,39 @@ class ClassifierService:
         self.model, self.meta = model_artifact.load(model_dir, self.device)
         self.transform = model_artifact.eval_transform(self.meta.preprocessing)
         self.options = codecs.DecodeOptions(
-            settings.max_images, settings.max_pixels, self.meta.preprocessing.resize_size
+            settings.max_images,
+            settings.max_pixels,
+            self.meta.preprocessing.resize_size,
+            settings.max_request_pixels,
+            prepare=self.transform,
         )
-        self.predict([Image.new("RGB", (self.meta.preprocessing.resize_size,) * 2, (128, 128, 128))])
+        self.predict([self.transform(Image.new("RGB", (self.meta.preprocessing.resize_size,) * 2, (128, 128, 128)))])
         log.info(
             "model %s (%d classes) ready on %s in %.1f s", self.meta.architecture, self.meta.num_classes,
             self.device, time.perf_counter() - started,
         )  # fmt: skip
 
     @torch.inference_mode()
-    def predict(self, images: list[Image.Image]) -> torch.Tensor:
-        """Class probabilities of ``images`` (one forward pass)."""
-        batch = torch.stack([self.transform(image) for image in images]).to(self.device)
+    def predict(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+        """Class probabilities of preprocessed ``inputs`` (one forward pass)."""
+        batch = torch.stack(inputs).to(self.device)
         return self.model(batch).float().softmax(dim=1).cpu()
 
     def handle(self, requests: list[dict], context) -> list[str]:
-        """One response body per request; statuses and content types set on ``context``."""
+        """One response body per request; statuses and content types set on ``context``.
+
+        Nothing escapes: a client's mistake is its request's 4xx, our own fault a 500 for the
+        requests it touched, each with a one-line reason, and the worker keeps serving.
+        """
+        try:
+            return self._handle(requests, context)
+        except Exception:
+            log.exception("handling a batch of %d requests failed", len(requests))
+            return [
+                self._error(context, i, 500, "internal error; see the endpoint's log") for i in range(len(requests))
+            ]
+
+    def _handle(self, requests: list[dict], context) -> list[str]:
         if len(requests) > 1:
             log.info("batch of %d requests", len(requests))
         bodies: list[str | None] = [None] * len(requests)
@@ -84,18 +101,20 @@ class ClassifierService:
         return bodies
 
     def _predict_all(self, decoded: dict[int, codecs.Request], bodies: list, context) -> None:
-        images = [image for request in decoded.values() for image in request.images]
+        inputs = [tensor for request in decoded.values() for tensor in request.inputs]
         try:
-            probabilities = self.predict(images)
-        except Exception:
-            log.exception("prediction failed for a batch of %d images", len(images))
+            probabilities = self.predict(inputs)
+        except Exception as exc:
+            log.exception("prediction failed for a batch of %d images", len(inputs))
+            if self.device.type == "cuda" and _broken_device(exc):
+                _exit_worker(f"the GPU failed ({str(exc).splitlines()[0]}): this worker exits so that /ping tells")
             for idx in decoded:
                 bodies[idx] = self._error(context, idx, 500, "prediction failed; see the endpoint's log")
             return
         start = 0
         for idx, request in decoded.items():
-            rows = probabilities[start : start + len(request.images)]
-            start += len(request.images)
+            rows = probabilities[start : start + len(request.inputs)]
+            start += len(request.inputs)
             k = request.top_k or self.settings.top_k
             bodies[idx] = codecs.encode_predictions(rows, self.meta.class_names, k)
 
@@ -108,6 +127,20 @@ class ClassifierService:
 
 
 _service = ClassifierService()
+
+
+def _broken_device(exc: Exception) -> bool:
+    """A CUDA error other than out-of-memory leaves the device unusable for this process."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return False
+    return "CUDA" in str(exc) or type(exc).__name__ == "AcceleratorError"
+
+
+def _exit_worker(reason: str) -> None:
+    """End this worker at once: MMS sees it die, /ping says unhealthy, and a new one starts."""
+    log.critical("%s", reason)
+    logging.shutdown()
+    os._exit(1)
 
 
 def _stop_server(reason: str) -> None:

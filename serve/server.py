@@ -1,43 +1,46 @@
-"""The ``serve`` executable: multi-model-server through sagemaker-inference, with our handler.
+"""The ``serve`` executable: our gateway on the serving port, multi-model-server behind it.
 
-``model_server.start_model_server`` does the work (MMS configuration, ports, the
-multi-model mode, SIGTERM to the Java frontend). Around it we fix what SageMaker's stack
-gets wrong:
+What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
 
+- doors: sagemaker-inference binds MMS's management API to the serving port; here MMS
+  listens on Unix sockets in a private folder and only ``serve.gateway`` is on the network;
+- code from data: MMS puts the model folder (and sagemaker-inference ``code/``) on the
+  workers' ``PYTHONPATH`` and obeys a ``MAR-INF/MANIFEST.json``; here MMS only ever sees a
+  copy of the artifact's two files (``model_artifact.copy_files``), and no
+  ``requirements.txt`` is installed;
+- privileges: started as root, ``serve`` prepares its folders, binds the port, then runs
+  everything (gateway, MMS frontend, workers) as ``SERVE_USER``;
 - health: the model is loaded and warmed up by a pre-flight process before MMS starts, so a
-  broken artifact stops the container with the reason in the log instead of answering
-  ``/ping`` with 200 while requests hang; a worker that later fails to load it stops the
-  server too (``serve.handler``);
+  broken artifact stops the container with the reason; ``/ping`` is 200 only while a worker
+  is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
 - logs: stdout only, no access line per ``/ping``;
-- workers: one per GPU, or a few on CPU with torch threads shared out, not one per core;
-- stopping: SIGTERM stops the frontend and its workers (MMS leaves them orphaned), and the
+- stopping: SIGTERM reaches the frontend and its workers (one process group), and the
   frontend exiting by itself is a failure, not a clean exit.
 
 MMS 1.1.11 answers SageMaker's bare ``/invocations`` only for the model named on its
-command line, which it registers with batch size 1: server-side batching across requests
-is not available on a single-model endpoint (re-registering with a batch size makes
-``/invocations`` answer 400 "Parameter model_name is required"). The images of one request
-are always predicted as one batch.
+command line, which it registers with batch size 1: the images of one request are one batch.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import pwd
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
-import warnings
 from pathlib import Path
 
+import model_artifact
+from serve import gateway, mms
 from serve.handler import SERVER_PID_ENV
 from serve.settings import Settings
 
 log = logging.getLogger("serve")
-HANDLER = "serve.handler:handle"
-LOG_CONFIG = str(Path(__file__).with_name("log4j2.xml"))
 STOP_GRACE_SECONDS = 20  # of SageMaker's 30 s between SIGTERM and SIGKILL
 
 
@@ -49,33 +52,72 @@ def gpu_count() -> int:
     return len([d for d in os.listdir("/dev") if re.fullmatch(r"nvidia\d+", d)]) if os.path.isdir("/dev") else 0
 
 
-# MMS's default, -XX:-UseContainerSupport, sizes the Java heap from the host's memory, not
-# the container's limit: the frontend can then outgrow the container and be OOM-killed.
-JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
-
-
-def export_settings(settings: Settings, gpus: int) -> None:
-    """Hand the resolved settings to sagemaker-inference, MMS and the workers (environment)."""
-    os.environ.setdefault("SAGEMAKER_MODEL_SERVER_VMARGS", JVM_ARGS)
+def export_settings(settings: Settings) -> None:
+    """Hand the resolved settings to the workers (their environment)."""
     os.environ.update(
         {
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers),
-            "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS": str(settings.timeout_seconds),
-            "SAGEMAKER_MAX_PAYLOAD_IN_MB": str(settings.max_payload_mb),
-            "SAGEMAKER_BIND_TO_PORT": str(settings.port),
             "SERVE_TORCH_THREADS": str(settings.torch_threads),
-            "MMS_NUMBER_OF_GPU": str(gpus),  # MMS pins worker i to GPU i % gpus
             "OMP_NUM_THREADS": str(settings.torch_threads),
             SERVER_PID_ENV: str(os.getpid()),
-            # multi-model-server and model-archiver live beside this interpreter
-            "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
         }
     )
 
 
-def preflight(model_dir: Path) -> None:
+class RuntimeFolder:
+    """A private folder for one server: MMS's configuration (read-only), the staged model(s),
+    and a scratch folder (sockets, Java's temp files) that only the server's user can enter."""
+
+    def __init__(self, user: pwd.struct_passwd | None):
+        self.root = Path(tempfile.mkdtemp(prefix="serve-"))
+        self.root.chmod(0o755)
+        self.config, self.model, self.models = self.root / "mms.properties", self.root / "model", self.root / "models"
+        self.scratch = self.root / "scratch"
+        for folder in (self.scratch, self.models):
+            folder.mkdir(mode=0o700)
+            if user is not None:
+                os.chown(folder, user.pw_uid, user.pw_gid)
+
+    def write_config(self, text: str) -> None:
+        self.config.write_text(text)
+        self.config.chmod(0o444)
+
+    def stage(self, model_dir: Path) -> Path:
+        """Copy the artifact's files (nothing else) and make the copy read-only."""
+        model_artifact.copy_files(model_dir, self.model)
+        for path in self.model.iterdir():
+            path.chmod(0o444)
+        self.model.chmod(0o555)
+        return self.model
+
+
+def server_user(name: str) -> pwd.struct_passwd | None:
+    """The account to drop to: None when not root, or when asked to stay root."""
+    if os.geteuid() != 0 or name == "root":
+        return None
+    try:
+        return pwd.getpwnam(name)
+    except KeyError:
+        log.warning("user %r does not exist: serving as root (create it, or set SERVE_USER)", name)
+        return None
+
+
+def drop_privileges(user: pwd.struct_passwd | None) -> None:
+    """Become ``user`` for good (groups, gid, uid)."""
+    if user is None:
+        return
+    os.setgroups([])
+    os.setgid(user.pw_gid)
+    os.setuid(user.pw_uid)
+    os.environ.update({"HOME": "/tmp", "USER": user.pw_name, "LOGNAME": user.pw_name})
+    log.info("running as %s (uid %d)", user.pw_name, user.pw_uid)
+
+
+def preflight(model_dir: Path, cwd: Path) -> None:
     """Load and warm up the model in a throw-away process; exit with its reason if it fails."""
-    result = subprocess.run([sys.executable, "-m", "serve.handler", str(model_dir)], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "serve.handler", str(model_dir)], capture_output=True, text=True, cwd=cwd
+    )
     output = (result.stdout + result.stderr).strip().splitlines()
     if result.returncode != 0:
         log.error("%s", output[-1] if output else f"pre-flight exited with {result.returncode}")
@@ -84,7 +126,7 @@ def preflight(model_dir: Path) -> None:
 
 
 def become_subreaper() -> None:
-    """Adopt orphaned descendants: MMS workers outlive the Java frontend when it stops."""
+    """Adopt orphaned descendants, so that none outlives ``serve``."""
     import ctypes
 
     pr_set_child_subreaper = 36
@@ -92,7 +134,7 @@ def become_subreaper() -> None:
 
 
 def stop_descendants(grace: float = 5) -> None:
-    """Terminate what is left under this process (workers), then kill the stragglers."""
+    """Terminate what is left under this process, then kill the stragglers."""
     import psutil
 
     children = psutil.Process().children(recursive=True)
@@ -105,87 +147,98 @@ def stop_descendants(grace: float = 5) -> None:
         log.info("stopped %d leftover process(es)", len(children))
 
 
-def _reap_quietly(_signum, _frame) -> None:
-    """sagemaker-inference's SIGCHLD reaper logs an ERROR whenever no child is left."""
+class Lifecycle:
+    """Signals: SIGTERM/SIGINT stop MMS (killed after the grace); SIGUSR1, sent by a worker
+    whose model failed to load, stops it as a failure."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.process: subprocess.Popen | None = None
+
+    def install(self) -> None:
+        signal.signal(signal.SIGTERM, self._terminate)
+        signal.signal(signal.SIGINT, self._terminate)
+        signal.signal(signal.SIGUSR1, self._worker_failed)
+
+    def _terminate(self, _signum, _frame) -> None:
+        self.requested = True
+        self._stop()
+
+    def _worker_failed(self, _signum, _frame) -> None:
+        log.error("a model worker could not load the model: stopping (see the worker's log above)")
+        self._stop()
+
+    def _stop(self) -> None:
+        if self.process is None:
+            sys.exit(0 if self.requested else 1)
+        mms.signal_group(self.process, signal.SIGTERM)
+        timer = threading.Timer(STOP_GRACE_SECONDS, self._kill)
+        timer.daemon = True  # must not keep serve alive once MMS has stopped
+        timer.start()
+
+    def _kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            log.warning("the model server did not stop within %d s: killed", STOP_GRACE_SECONDS)
+            mms.signal_group(self.process, signal.SIGKILL)
+
+
+def prepare(settings: Settings, base: Path) -> tuple[RuntimeFolder, pwd.struct_passwd | None, Path | None]:
+    """As the starting user: the runtime folder, MMS's configuration and the staged model."""
+    user = server_user(settings.user)
+    runtime = RuntimeFolder(user)
+    runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
+    if settings.multi_model:
+        return runtime, user, None
+    source = base / "model"
+    others = (
+        sorted(p.name for p in source.iterdir() if p.name not in model_artifact.ARTIFACT_FILES)
+        if source.is_dir()
+        else []
+    )
+    if others:  # e.g. code/ of a model packed for AWS's containers: never imported here
+        log.info("serving %s only; not used from %s: %s", " and ".join(model_artifact.ARTIFACT_FILES), source,
+                 ", ".join(others[:10]))  # fmt: skip
     try:
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
-    except ChildProcessError:
-        pass
-
-
-def _kill_quietly(process) -> None:
-    import psutil
-
-    try:
-        process.kill()
-        log.warning("the model server did not stop within %d s: killed", STOP_GRACE_SECONDS)
-    except psutil.Error:
-        pass
-
-
-class _Stop:
-    """Whether SIGTERM asked for the stop (otherwise MMS ending is a failure)."""
-
-    requested = False
-
-    @classmethod
-    def install(cls, mms_process) -> None:
-        """Replaces sagemaker-inference's SIGTERM handler: same action, but remembered."""
-
-        def terminate(_signum, _frame) -> None:
-            cls.requested = True
-            mms_process.terminate()
-            # The Java frontend sometimes takes longer than SageMaker's 30 s grace (seen after
-            # a failed model load in multi-model mode): kill it before SageMaker kills us.
-            timer = threading.Timer(STOP_GRACE_SECONDS, _kill_quietly, args=(mms_process,))
-            timer.daemon = True  # must not keep serve alive once MMS has stopped
-            timer.start()
-
-        signal.signal(signal.SIGTERM, terminate)
-
-
-def _stop_on_worker_failure(signum, _frame) -> None:
-    log.error("a model worker could not load the model: stopping (see the worker's log above)")
-    from sagemaker_inference import model_server
-
-    try:
-        model_server._retrieve_mms_server_process().terminate()
-        stop_descendants()
-    finally:
-        os._exit(1)
+        return runtime, user, runtime.stage(source)
+    except (model_artifact.ArtifactError, OSError) as exc:
+        log.error("pre-flight: the model in %s cannot serve: %s", source, gateway.one_line(exc))
+        sys.exit(1)
 
 
 def main() -> None:
-    """Start the model server for ``/opt/ml/model`` (or ``/opt/ml/models`` in multi-model mode)."""
+    """Serve ``/opt/ml/model`` (or the models SageMaker registers under ``/opt/ml/models``)."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s"
     )
-    gpus = gpu_count()
     try:
-        settings = Settings.from_env(gpus)
+        settings = Settings.from_env(gpu_count())
     except ValueError as exc:
         sys.exit(f"error: {exc}")
-    export_settings(settings, gpus)
-    model_dir = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml")) / "model"
+    base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
     log.info("settings: %s", settings)
-    if not settings.multi_model:
-        preflight(model_dir)
-    signal.signal(signal.SIGUSR1, _stop_on_worker_failure)
-    signal.signal(signal.SIGINT, lambda *_: os.kill(os.getpid(), signal.SIGTERM))
-    warnings.filterwarnings("ignore", message="pkg_resources is deprecated")
-    from sagemaker_inference import model_server  # reads SAGEMAKER_MULTI_MODEL when imported
-
-    logging.getLogger("sagemaker-inference").propagate = False  # it has its own handler
-    model_server._add_sigterm_handler = _Stop.install
-    model_server.DEFAULT_MMS_LOG_FILE = LOG_CONFIG
-    model_server._reap_children = _reap_quietly
+    lifecycle = Lifecycle()
+    lifecycle.install()
+    runtime, user, model_dir = prepare(settings, base)
+    registry = None
+    if settings.multi_model:
+        registry = gateway.ModelRegistry(base / "models", runtime.models, runtime.scratch / "management.sock",
+                                         settings.timeout_seconds + 60)  # fmt: skip
+    front = gateway.Gateway(settings, runtime.scratch, registry)  # binds the port before privileges go
+    drop_privileges(user)
+    export_settings(settings)
+    if model_dir is not None:
+        preflight(model_dir, runtime.scratch)
     become_subreaper()
-    try:
-        model_server.start_model_server(handler_service=HANDLER)
-    finally:
-        stop_descendants()
-    if not _Stop.requested:
+    vmargs = os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", mms.JVM_ARGS)
+    command = mms.command(runtime.config, model_dir, runtime.scratch, vmargs)
+    lifecycle.process = mms.start(command, runtime.scratch, dict(os.environ))
+    threading.Thread(target=front.serve_forever, name="gateway", daemon=True).start()
+    log.info("listening on port %d", settings.port)
+    lifecycle.process.wait()
+    front.shutdown()
+    stop_descendants()
+    shutil.rmtree(runtime.root, ignore_errors=True)
+    if not lifecycle.requested:
         log.error("the model server exited on its own (see its log above)")
         sys.exit(1)
     log.info("model server stopped")

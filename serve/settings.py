@@ -10,6 +10,10 @@
 | SERVE_TOP_K | 5 | labels per image unless the request asks otherwise |
 | SERVE_MAX_IMAGES | 64 | images per request |
 | SERVE_MAX_PIXELS | 40000000 | pixels per image (decompression bombs get 413) |
+| SERVE_MAX_REQUEST_PIXELS | 100000000 | pixels of all images of one request together (413 above) |
+| SERVE_MAX_CONNECTIONS | 128 | open client connections; more are closed at once |
+| SERVE_MAX_INFLIGHT | 16 | requests whose bodies are held at once; more wait (503 after the timeout) |
+| SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
 | SERVE_TORCH_THREADS | CPUs / workers | intra-op threads of each CPU worker |
 | SERVE_LOG_LEVEL | INFO | Python log level of the workers |
 | SAGEMAKER_MODEL_SERVER_VMARGS | -XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0 | JVM options of the MMS frontend |
@@ -59,8 +63,12 @@ class Settings:
     top_k: int
     max_images: int
     max_pixels: int
+    max_request_pixels: int
+    max_connections: int
+    max_inflight: int
     torch_threads: int
     log_level: str
+    user: str
 
     @classmethod
     def from_env(cls, gpus: int = 0) -> Settings:
@@ -76,6 +84,10 @@ class Settings:
             top_k=_int("SERVE_TOP_K", 5),
             max_images=_int("SERVE_MAX_IMAGES", 64),
             max_pixels=_int("SERVE_MAX_PIXELS", 40_000_000),
+            max_request_pixels=_int("SERVE_MAX_REQUEST_PIXELS", 100_000_000),
+            max_connections=_int("SERVE_MAX_CONNECTIONS", 128),
+            max_inflight=_int("SERVE_MAX_INFLIGHT", 16),
             torch_threads=_int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
             log_level=os.environ.get("SERVE_LOG_LEVEL", "INFO").upper(),
+            user=os.environ.get("SERVE_USER", "model-server"),
         )

@@ -97,6 +97,21 @@ def trained_job(sample_data, tmp_path_factory) -> tuple[Path, subprocess.Complet
 
 
 @pytest.fixture(scope="session")
+def small_model(tmp_path_factory) -> Path:
+    """An untrained ResNet18 artifact (3 classes, 32 px): enough for serving tests that need no accuracy."""
+    import torch
+
+    import model_artifact
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("small") / "model"
+    net = model_artifact.build_model("resnet18", 3)
+    prep = model_artifact.Preprocessing.for_image_size(32)
+    model_artifact.save(path, net.state_dict(), model_artifact.Metadata("resnet18", ["ant", "bee", "cat"], prep))
+    return path
+
+
+@pytest.fixture(scope="session")
 def images() -> str:
     """Build (or reuse: layers are cached) all images with `make images`' script."""
     result = subprocess.run([str(REPO / "docker" / "build.sh")], capture_output=True, text=True, timeout=1800)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -46,6 +49,15 @@ def request(port: int, path: str, body: bytes | None = None, method: str = "POST
 
 def predict(port: int, data: bytes, content_type: str = "image/jpeg", **headers: str):
     return request(port, "/invocations", data, **{"Content-Type": content_type} | headers)
+
+
+def png_bytes() -> bytes:
+    """A small PNG to classify."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.new("RGB", (40, 30), (10, 200, 30)).save(out, "PNG")
+    return out.getvalue()
 
 
 class Server:
@@ -123,3 +135,27 @@ def _session(proc) -> int | None:
         return os.getsid(proc.pid)
     except OSError:
         return None
+
+
+class Recorder:
+    """A tiny HTTP server on 127.0.0.1 that offers x.mar and records every request it gets."""
+
+    def __init__(self):
+        seen = self.seen = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                seen.append(self.path)
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"PK\x03\x04 not really a model archive")
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/x.mar"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import struct
 
 import pytest
 import torch
@@ -33,13 +34,13 @@ def b64(data: bytes) -> str:
 )  # fmt: skip
 def test_image_bodies(content_type, fmt):
     request = codecs.decode(encoded(fmt), content_type, OPTIONS)
-    assert len(request.images) == 1 and request.images[0].mode == "RGB" and request.top_k is None
+    assert len(request.inputs) == 1 and request.inputs[0].mode == "RGB" and request.top_k is None
 
 
 def test_json_instances_and_top_k():
     body = json.dumps({"instances": [{"b64": b64(encoded())}, {"b64": b64(encoded("JPEG", mode="L"))}], "top_k": 2})
     request = codecs.decode(body.encode(), "application/json", OPTIONS)
-    assert len(request.images) == 2 and request.top_k == 2
+    assert len(request.inputs) == 2 and request.top_k == 2
 
 
 @pytest.mark.parametrize(
@@ -64,6 +65,58 @@ def test_bad_requests(body, content_type, status, words):
     with pytest.raises(RequestError) as err:
         codecs.decode(body, content_type, OPTIONS)
     assert err.value.status == status and words in err.value.reason and "\n" not in err.value.reason
+
+
+HOSTILE = [
+    ("deep nesting", b"[" * 100_000, "application/json", 400, "nested too deeply"),
+    ("huge float top_k", b'{"instances": [{"b64": "QQ=="}], "top_k": 1e999}', "application/json", 400, "top_k"),
+    (
+        "huge int top_k",
+        b'{"instances": [{"b64": "QQ=="}], "top_k": 1' + b"0" * 4400 + b"}",
+        "application/json",
+        400,
+        "",
+    ),
+    ("NaN top_k", b'{"instances": [{"b64": "QQ=="}], "top_k": NaN}', "application/json", 400, "top_k"),
+    ("invalid UTF-8", b'{"instances": "\xff\xfe"}', "application/json", 400, "invalid JSON"),
+    ("unidentified image", b"GIF89a" + b"\x00" * 40, "image/gif", 400, "not a readable image"),
+]
+
+
+@pytest.mark.parametrize("case,body,content_type,status,words", HOSTILE, ids=[h[0] for h in HOSTILE])
+def test_hostile_bodies_are_one_line_4xx_without_addresses(case, body, content_type, status, words):
+    with pytest.raises(RequestError) as err:
+        codecs.decode(body, content_type, OPTIONS)
+    assert err.value.status == status and words in err.value.reason
+    assert "\n" not in err.value.reason and " at 0x" not in err.value.reason
+
+
+def test_any_decoder_exception_is_the_clients_400(monkeypatch):
+    def explode(*_args, **_kwargs):
+        raise struct.error("unpack requires a buffer of 4 bytes")
+
+    monkeypatch.setattr(codecs.model_artifact, "decode_image", explode)
+    with pytest.raises(RequestError) as err:
+        codecs.decode(encoded(), "image/png", OPTIONS)
+    assert err.value.status == 400 and "unpack requires" in err.value.reason
+
+
+def test_pillow_object_addresses_are_not_echoed():
+    with pytest.raises(RequestError) as err:
+        codecs.decode(b"\x00" * 64, "image/png", OPTIONS)
+    assert "cannot identify image file" in err.value.reason and "0x" not in err.value.reason
+
+
+def test_the_pixels_of_a_request_are_budgeted_and_each_image_is_prepared_at_once():
+    options = DecodeOptions(max_images=10, max_pixels=10_000, max_request_pixels=25_000, prepare=lambda im: im.size)
+    three = json.dumps({"instances": [{"b64": b64(encoded(size=(100, 100)))}] * 3}).encode()
+    with pytest.raises(RequestError) as err:
+        codecs.decode(three, "application/json", options)
+    assert (
+        err.value.status == 413 and "instances[2]" in err.value.reason and "25000 pixels together" in err.value.reason
+    )
+    two = json.dumps({"instances": [{"b64": b64(encoded(size=(100, 100)))}] * 2}).encode()
+    assert codecs.decode(two, "application/json", options).inputs == [(100, 100), (100, 100)]
 
 
 def test_truncated_image_is_a_400():

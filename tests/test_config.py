@@ -32,6 +32,12 @@ def test_defaults():
     args = parse_hyperparameters([])
     assert (args.model, args.pretrained, args.freeze_backbone) == ("resnet18", True, False)
     assert (args.amp, args.num_workers, args.image_size) == ("auto", None, 224)
+    assert args.max_image_pixels == 40_000_000  # serving's SERVE_MAX_PIXELS default
+
+
+def test_max_image_pixels():
+    assert parse_hyperparameters(["--max-image-pixels", "1e6"]).max_image_pixels == 1_000_000
+    assert parse_hyperparameters(["--max_image_pixels", "250000"]).max_image_pixels == 250_000
 
 
 @pytest.mark.parametrize(
@@ -70,6 +76,8 @@ def test_underscore_spelling_and_sagemaker_reserved_keys():
         (["--model", "resnet9000"], ["model", "not a supported torchvision classifier"]),
         (["--model", "inception_v3"], ["model", "not a supported"]),
         (["--num-workers", "-1"], ["num-workers", ">= 0"]),
+        (["--max-image-pixels", "0"], ["max-image-pixels", "integer >= 1"]),
+        (["--max-image-pixels", "lots"], ["max-image-pixels", "integer >= 1"]),
         (["lr", "0.1"], ["unexpected argument 'lr'"]),
     ],
 )

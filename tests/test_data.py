@@ -192,3 +192,132 @@ def test_loader_yields_batches_from_a_worker(tmp_path):
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [4, 4]  # the size-2 remainder is dropped for BatchNorm
     assert batches[0][0].dtype == torch.float32
+
+
+def _dataset(samples, **kw) -> data.ImageDataset:
+    prep = model_artifact.Preprocessing.for_image_size(16)
+    return data.ImageDataset(samples, model_artifact.eval_transform(prep), prep.resize_size, **kw)
+
+
+def _one_line_warnings(caplog) -> list[str]:
+    lines = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert all("\n" not in line for line in lines), lines
+    return lines
+
+
+def test_images_over_max_image_pixels_are_unreadable(tmp_path, caplog):
+    root = image_folder(tmp_path / "training", {"a": 2, "b": 1})  # 20x16 = 320 pixels each
+    Image.new("RGB", (4000, 1)).save(root / "b" / "wide.png")  # 4000 pixels, but 72000x18 once resized
+    samples = data.scan(root, ["a", "b"], "training")
+    assert _dataset(samples, max_pixels=1000)[0][0] is not None
+    items = [_dataset(samples, max_pixels=319)[i] for i in range(len(samples))]
+    assert all(image is None for image, _, _ in items)
+    assert _dataset(samples, max_pixels=1_000_000)[3][0] is None  # the wide one: its resize is too large
+    assert all(item[0] is not None for item in (_dataset(samples, max_pixels=1_000_000)[i] for i in range(3)))
+    warnings = _one_line_warnings(caplog)
+    assert any("wide.png" in w and "DecompressionBombError" in w for w in warnings)
+
+
+def test_the_default_pixel_cap_is_servings(tmp_path):
+    Image.new("1", (7000, 6000)).save(tmp_path / "bomb.png")  # 42M pixels in a few KB
+    assert (tmp_path / "bomb.png").stat().st_size < 100_000
+    dataset = _dataset([(tmp_path / "bomb.png", 0)])
+    assert dataset.max_pixels == data.MAX_IMAGE_PIXELS == 40_000_000
+    assert dataset[0] == (None, 0, 0)
+
+
+def test_any_exception_of_one_file_counts_it_unreadable(tmp_path, monkeypatch, caplog):
+    import struct
+
+    root = image_folder(tmp_path / "training", {"a": 2, "b": 2})
+    (root / "b" / "b_0001.jpg").write_bytes(b"\xff\xd8\xff\xe0 garbage")
+    decode = model_artifact.decode_image
+
+    def hostile(source, *args, **kwargs):
+        if Path(source).name == "a_0000.jpg":
+            raise struct.error("unpack requires a buffer of 4 bytes\nsecond line")
+        if Path(source).name == "a_0001.jpg":
+            raise MemoryError()
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(model_artifact, "decode_image", hostile)
+    samples = data.scan(root, ["a", "b"], "training")
+    items = [_dataset(samples)[i] for i in range(len(samples))]
+    assert [item[0] is None for item in items] == [True, True, False, True]
+    warnings = _one_line_warnings(caplog)
+    assert any("a_0000.jpg" in w and "struct.error: unpack requires a buffer of 4 bytes" in w for w in warnings)
+    assert any(w.endswith("a_0001.jpg: MemoryError") for w in warnings)
+    assert any("b_0001.jpg" in w for w in warnings)
+
+
+def test_a_transform_failure_counts_the_file_unreadable(tmp_path, caplog):
+    root = image_folder(tmp_path / "training", {"a": 1, "b": 1})
+
+    def transform(image):
+        raise ZeroDivisionError("division by zero")
+
+    samples = data.scan(root, ["a", "b"], "training")
+    dataset = data.ImageDataset(samples, transform, 16)
+    assert dataset[1] == (None, 1, 1)
+    assert any("ZeroDivisionError: division by zero" in w for w in _one_line_warnings(caplog))
+
+
+def test_links_out_of_a_channel_are_not_read(tmp_path, caplog):
+    outside = image_folder(tmp_path / "outside", {"secret": 2})
+    store = image_folder(tmp_path / "store" / "training", {"a": 3, "b": 3})
+    (store / "secret").symlink_to(outside / "secret")  # a class folder out of the channel
+    (store / "a" / "passwd.png").symlink_to(outside / "secret" / "secret_0000.jpg")  # a file out of it
+    (store / "b" / "again.jpg").symlink_to(store / "a" / "a_0000.jpg")  # inside the channel: fine
+    channel = tmp_path / "input" / "data" / "training"
+    channel.parent.mkdir(parents=True)
+    channel.symlink_to(store)  # the channel itself is a link (tests' make_job), resolved first
+    splits = data.resolve_splits({"training": channel}, args(val_split=0.0))
+    assert splits.class_names == ["a", "b"]
+    names = sorted(p.name for p, _ in splits.train + splits.val + splits.test)
+    assert names == ["a_0000.jpg", "a_0001.jpg", "a_0002.jpg", "again.jpg", "b_0000.jpg", "b_0001.jpg", "b_0002.jpg"]
+    (warning,) = [w for w in _one_line_warnings(caplog) if "outside" in w]
+    assert warning.startswith("training: ignored 2 link(s)") and warning.endswith("training/secret)")
+
+
+def test_links_out_of_validation_and_test_channels_are_not_read(tmp_path, caplog):
+    outside = image_folder(tmp_path / "outside", {"a": 1})
+    channels = {s: image_folder(tmp_path / s, {"a": 2, "b": 2}) for s in ("training", "validation", "test")}
+    (channels["validation"] / "a" / "x.jpg").symlink_to(outside / "a" / "a_0000.jpg")
+    (channels["test"] / "b" / "y.jpg").symlink_to(outside / "a" / "a_0000.jpg")
+    (channels["test"] / "b" / "z.jpg").symlink_to(outside / "a" / "a_0000.jpg")
+    splits = data.resolve_splits(channels, args())
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (4, 4, 4)
+    warnings = [w for w in _one_line_warnings(caplog) if "outside" in w]
+    assert len(warnings) == 2
+    assert any("validation" in w and "1 link(s)" in w and "x.jpg" in w for w in warnings)
+    assert any("test" in w and "2 link(s)" in w and "y.jpg" in w for w in warnings)
+
+
+def test_a_class_of_links_out_only_has_no_images_and_says_why(tmp_path, caplog):
+    outside = image_folder(tmp_path / "outside", {"x": 2})
+    root = image_folder(tmp_path / "training", {"a": 2})
+    (root / "b").mkdir()
+    for i in range(2):
+        (root / "b" / f"{i}.jpg").symlink_to(outside / "x" / f"x_000{i}.jpg")
+    with pytest.raises(TrainingError, match="class folder 'b' in training has no images"):
+        data.resolve_splits({"training": root}, args())
+    (warning,) = [w for w in _one_line_warnings(caplog) if "outside" in w]
+    assert warning.startswith("training: ignored 2 link(s)") and warning.endswith("b/0.jpg)")
+
+
+def test_a_loader_worker_survives_any_exception(tmp_path, monkeypatch):
+    import struct
+
+    root = image_folder(tmp_path / "training", {"a": 4, "b": 4})
+    decode = model_artifact.decode_image
+
+    def hostile(source, *args, **kwargs):
+        if Path(source).name == "b_0002.jpg":
+            raise struct.error("bad header")
+        return decode(source, *args, **kwargs)
+
+    monkeypatch.setattr(model_artifact, "decode_image", hostile)  # forked workers inherit it
+    samples = data.scan(root, ["a", "b"], "training")
+    loader = data.make_loader(_dataset(samples), data.EpochSampler(8, 0, 1, seed=0, shuffle=False), 4, 1, False, False)
+    batches = list(loader)
+    assert [len(b[1]) for b in batches] == [4, 3] and [b[2] for b in batches] == [[], [6]]

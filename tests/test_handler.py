@@ -118,3 +118,38 @@ def test_load_failure_stops_a_single_model_server(tmp_path, monkeypatch):
 
 def test_preflight_summarises_a_good_model(model_dir):
     assert handler.preflight(str(model_dir)) == "resnet18 with 3 classes"
+
+
+def test_our_faults_are_one_line_500s_and_the_worker_keeps_serving(service, model_dir, monkeypatch):
+    original = service.predict
+    monkeypatch.setattr(service, "predict", lambda inputs: (_ for _ in ()).throw(ValueError("bug\nline two")))
+    context = mms_context(model_dir, [{"Content-Type": "image/png"}])
+    (body,) = service.handle([{"body": png()}], context)
+    assert context.get_response_status(0)[0] == 500 and "\n" not in body and "bug" not in body
+    monkeypatch.setattr(handler.codecs, "check_accept", lambda accept: {}["boom"])  # outside the per-request path
+    context = mms_context(model_dir, [{"Content-Type": "image/png"}] * 2)
+    bodies = service.handle([{"body": png()}] * 2, context)
+    assert [context.get_response_status(i)[0] for i in range(2)] == [500, 500]
+    assert all(json.loads(b)["status"] == 500 for b in bodies)
+    monkeypatch.undo()
+    assert service.predict == original
+    context = mms_context(model_dir, [{"Content-Type": "image/png"}])
+    service.handle([{"body": png()}], context)
+    assert context.get_response_status(0)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "error,exits",
+    [
+        (RuntimeError("CUDA error: an illegal memory access was encountered"), True),
+        (torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), False),
+    ],
+)
+def test_a_broken_gpu_ends_the_worker_but_out_of_memory_does_not(service, model_dir, monkeypatch, error, exits):
+    exited = []
+    monkeypatch.setattr(handler, "_exit_worker", exited.append)
+    monkeypatch.setattr(service, "device", torch.device("cuda", 0))
+    monkeypatch.setattr(service, "predict", lambda inputs: (_ for _ in ()).throw(error))
+    context = mms_context(model_dir, [{"Content-Type": "image/png"}])
+    service.handle([{"body": png()}], context)
+    assert bool(exited) == exits and context.get_response_status(0)[0] == 500

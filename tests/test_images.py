@@ -13,7 +13,7 @@ import pytest
 
 import model_artifact
 from tests.conftest import FAST, make_job
-from tests.serving import free_port, predict, request
+from tests.serving import Recorder, free_port, png_bytes, predict, request
 
 pytestmark = pytest.mark.slow
 PREFIX = "byoc-classifier"
@@ -106,3 +106,99 @@ def test_serving_image_answers_and_stops_cleanly(images, trained_job, sample_dat
         assert "model server stopped" in docker("logs", cid).stdout
     finally:
         docker("rm", "-f", cid, check=False)
+
+
+def start_serving(opt_ml: Path, *options: str, port: int | None = None, env: dict | None = None) -> tuple[str, int]:
+    """A serving-cpu container on /opt_ml; returns (container id, host port) once /ping is 200."""
+    port = port or free_port()
+    publish = [] if "--network" in options else ["-p", f"127.0.0.1:{port}:8080"]
+    variables = [f"--env={k}={v}" for k, v in (env or {}).items()]
+    cid = docker("run", "-d", *publish, *options, *variables, "-v", f"{opt_ml}:/opt/ml", SERVING_CPU, "serve").stdout
+    cid = cid.strip()
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if request(port, "/ping", method="GET")[0] == 200:
+                return cid, port
+        except OSError:
+            pass
+        time.sleep(0.5)
+    logs = docker("logs", cid, check=False).stdout[-3000:]
+    docker("rm", "-f", cid, check=False)
+    raise AssertionError(f"no /ping 200 within 120 s:\n{logs}")
+
+
+def readable_copy(model: Path, opt_ml: Path) -> Path:
+    """A model under opt_ml/model that any user can read (pytest's folders are root-only)."""
+    shutil.copytree(model, opt_ml / "model")
+    for path in [opt_ml, *opt_ml.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return opt_ml
+
+
+PROCESS_USERS = """
+import os
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    if int(pid) == os.getpid():
+        continue
+    try:
+        cmd = open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\\0", b" ").decode()
+        uid = [l.split()[1] for l in open(f"/proc/{pid}/status") if l.startswith("Uid:")][0]
+    except OSError:
+        continue
+    if any(word in cmd for word in ("bin/serve", "com.amazonaws.ml.mms", "model_service_worker")):
+        print(uid, cmd[:80])
+"""
+
+
+def test_serving_runs_unprivileged_and_cannot_change_its_venv_or_configuration(images, small_model, tmp_path):
+    cid, port = start_serving(readable_copy(small_model, tmp_path))
+    try:
+        users = docker("exec", cid, "python3", "-c", PROCESS_USERS).stdout.splitlines()
+        uid = docker("exec", cid, "id", "-u", "model-server").stdout.strip()
+        assert len(users) >= 3 and all(line.split()[0] == uid != "0" for line in users), users
+        for target in ("/opt/venv/lib/python3.11/site-packages/serve/handler.py", "/tmp/serve-*/mms.properties"):
+            write = f"for f in {target}; do test -f $f && echo x >> $f; done"  # sh expands the glob in a for
+            attempt = docker("exec", "-u", "model-server", cid, "sh", "-c", write, check=False)
+            assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, target
+        assert predict(port, png_bytes(), "image/png")[0] == 200
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_serving_image_starts_with_another_user(images, small_model, tmp_path):
+    cid, port = start_serving(readable_copy(small_model, tmp_path), "--user", "4321:4321")
+    try:
+        assert predict(port, png_bytes(), "image/png")[0] == 200
+        assert "4321 " in docker("exec", cid, "python3", "-c", PROCESS_USERS).stdout
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+def test_no_management_door_and_no_download_in_the_container(images, small_model, tmp_path):
+    single, multi = tmp_path / "single", tmp_path / "multi"
+    readable_copy(small_model, single)
+    readable_copy(small_model, multi / "models" / "shapes")
+    recorder = Recorder()  # on the host's loopback: --network host lets the container reach it
+    try:
+        port = free_port()
+        cid, _ = start_serving(single, "--network", "host", port=port, env={"SAGEMAKER_BIND_TO_PORT": port})
+        try:
+            assert request(port, f"/models?url={recorder.url}&model_name=evil", b"")[0] == 404
+            assert request(port, "/models/model", method="DELETE")[0] == 404
+            assert predict(port, png_bytes(), "image/png")[0] == 200
+        finally:
+            docker("rm", "-f", cid, check=False)
+        env = {"SAGEMAKER_BIND_TO_PORT": port, "SAGEMAKER_MULTI_MODEL": "true"}
+        cid, _ = start_serving(multi, "--network", "host", port=port, env=env)
+        try:
+            fields = {"model_name": "evil", "url": recorder.url}
+            assert request(port, "/models", json.dumps(fields).encode())[0] == 400
+            fields = {"model_name": "shapes", "url": "/opt/ml/models/shapes/model"}
+            assert request(port, "/models", json.dumps(fields).encode())[0] == 200
+            assert request(port, "/models/shapes/invoke", png_bytes(), **{"Content-Type": "image/png"})[0] == 200
+        finally:
+            docker("rm", "-f", cid, check=False)
+        assert recorder.seen == []
+    finally:
+        recorder.close()

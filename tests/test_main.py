@@ -12,6 +12,7 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 
 import model_artifact
 from tests.conftest import FAST, TRAIN_BIN, failure_text, job_env, make_job, run_train
@@ -116,6 +117,10 @@ def test_corrupt_files_are_skipped_and_counted(sample_data, tmp_path):
     data = (training / "box" / "box_001.jpg").read_bytes()
     (training / "box" / "box_001.jpg").write_bytes(data[: len(data) // 3])
     (training / "cone" / "cone_003.png").write_bytes(b"")
+    Image.new("1", (7000, 6000)).save(training / "cone" / "bomb.png")  # 42M pixels in a few KB
+    Image.new("RGB", (40000, 1)).save(training / "ring" / "wide.png")  # 2.6G pixels once resized
+    outside = sorted((sample_data / "validation" / "ball").iterdir())[0]
+    (training / "ball" / "outside.jpg").symlink_to(outside)  # not read: it leaves the channel
     base = make_job(
         tmp_path / "job",
         {"training": training, "validation": sample_data / "validation"},
@@ -123,8 +128,11 @@ def test_corrupt_files_are_skipped_and_counted(sample_data, tmp_path):
     )
     result = run_train(base)
     assert result.returncode == 0, result.stdout[-3000:]
-    assert "unreadable_images=3" in result.stdout
+    assert "unreadable_images=5" in result.stdout
     assert "skipping unreadable image" in result.stdout + result.stderr
+    assert "bomb.png: PIL.Image.DecompressionBombError: image of 7000x6000 pixels exceeds" in result.stdout
+    assert "training: ignored 1 link(s) that lead outside the channel" in result.stdout
+    assert "train 242, validation 60," in result.stdout  # 240 + bomb + wide; the link is not listed
 
 
 def _run_in_process(base, argv, monkeypatch) -> str:
@@ -138,8 +146,6 @@ def _run_in_process(base, argv, monkeypatch) -> str:
 
 
 def _images(root, classes):
-    from PIL import Image
-
     for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(3):

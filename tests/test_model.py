@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -76,3 +77,62 @@ def test_weights_for_another_architecture_are_refused(tmp_path):
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), tmp_path / "w.pth")
     with pytest.raises(TrainingError, match="do not fit resnet18"):
         model_lib.build(args(pretrained=True), 3, tmp_path)
+
+
+class _Touch:
+    """Unpickling this creates ``marker``: the code a planted weights file could run."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def _plant(path: Path, marker: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"conv1.weight": _Touch(marker)}, path)
+
+
+def test_a_planted_hub_checkpoint_runs_no_code(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    marker = tmp_path / "MARKER"
+    _plant(tmp_path / "torch_home" / "hub" / "checkpoints" / "resnet18-f37072fd.pth", marker)
+    with pytest.raises(TrainingError) as err:
+        model_lib.build(args(pretrained=True), 4, None)
+    assert not marker.exists()
+    reason = str(err.value)
+    assert "\n" not in reason and "resnet18-f37072fd.pth" in reason and "pretrained=false" in reason
+
+
+def test_a_planted_pretrained_channel_file_runs_no_code(tmp_path):
+    marker = tmp_path / "MARKER"
+    _plant(tmp_path / "pretrained" / "resnet18-f37072fd.pth", marker)
+    with pytest.raises(TrainingError) as err:
+        model_lib.build(args(pretrained=True), 4, tmp_path / "pretrained")
+    assert not marker.exists()
+    assert "\n" not in str(err.value) and "resnet18-f37072fd.pth" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["resnet18-f37072fd.pth", "mine.pth"])
+def test_weights_outside_the_pretrained_channel_are_not_read(tmp_path, name, caplog):
+    torch.save(_resnet18_weights(), tmp_path / "outside.pth")
+    channel = tmp_path / "pretrained"
+    channel.mkdir()
+    (channel / name).symlink_to(tmp_path / "outside.pth")
+    with pytest.raises(TrainingError, match="found none"):
+        model_lib.build(args(pretrained=True), 3, channel)
+    assert f"pretrained: ignored 1 link(s) that lead outside the channel {channel} (first: {channel / name})" in [
+        r.getMessage() for r in caplog.records
+    ]
+
+
+def test_links_inside_the_pretrained_channel_work(tmp_path):
+    weights = _resnet18_weights()
+    real = tmp_path / "store" / "pretrained"
+    (real / "store").mkdir(parents=True)
+    torch.save(weights, real / "store" / "mine.pth")
+    (real / "resnet18-f37072fd.pth").symlink_to(real / "store" / "mine.pth")
+    (tmp_path / "channel").symlink_to(real)  # the channel itself is a link, as in tests' make_job
+    net = model_lib.build(args(pretrained=True), 3, tmp_path / "channel")
+    torch.testing.assert_close(net.conv1.weight, weights["conv1.weight"])

@@ -100,3 +100,44 @@ def test_jpeg_draft_decodes_large_photos_smaller(tmp_path):
     Image.new("RGB", (2000, 1600), (10, 20, 30)).save(path)
     assert model_artifact.decode_image(path, draft_size=256).size == (500, 400)
     assert model_artifact.decode_image(path).size == (2000, 1600)
+
+
+def test_copy_files_takes_the_artifact_and_nothing_else(tmp_path):
+    source = tmp_path / "model"
+    net = model_artifact.build_model("resnet18", 2)
+    model_artifact.save(
+        source, net.state_dict(), model_artifact.Metadata("resnet18", ["a", "b"], Preprocessing.for_image_size(32))
+    )
+    for planted in ("model_artifact.py", "code/inference.py", "MAR-INF/MANIFEST.json", "serve/__init__.py"):
+        (source / planted).parent.mkdir(parents=True, exist_ok=True)
+        (source / planted).write_text("raise SystemExit('planted code ran')\n")
+    (source / "outside").symlink_to("/etc")
+    copy = model_artifact.copy_files(source, tmp_path / "copy")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(model_artifact.ARTIFACT_FILES)
+    assert model_artifact.load(copy)[1].class_names == ["a", "b"]
+
+
+@pytest.mark.parametrize("name", model_artifact.ARTIFACT_FILES)
+def test_copy_files_refuses_links_and_missing_files(tmp_path, name):
+    source = tmp_path / "model"
+    net = model_artifact.build_model("resnet18", 2)
+    model_artifact.save(
+        source, net.state_dict(), model_artifact.Metadata("resnet18", ["a", "b"], Preprocessing.for_image_size(32))
+    )
+    (tmp_path / "elsewhere").write_bytes((source / name).read_bytes())
+    (source / name).unlink()
+    with pytest.raises(model_artifact.ArtifactError, match="not found"):
+        model_artifact.copy_files(source, tmp_path / "copy1")
+    (source / name).symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(model_artifact.ArtifactError, match="symbolic link"):
+        model_artifact.copy_files(source, tmp_path / "copy2")
+
+
+def test_elongated_images_are_refused_before_decoding(tmp_path):
+    import io
+
+    out = io.BytesIO()
+    Image.new("1", (40000, 1)).save(out, "PNG")  # 200 bytes; resized to 256 px high: 2.6 billion pixels
+    with pytest.raises(Image.DecompressionBombError, match="too elongated"):
+        model_artifact.decode_image(out.getvalue(), 256, 40_000_000)
+    assert model_artifact.decode_image(out.getvalue(), None, 40_000_000).size == (40000, 1)  # no resize: no cap

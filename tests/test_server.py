@@ -5,9 +5,11 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 import torch
 from PIL import Image
@@ -94,6 +96,9 @@ ERRORS = [
     ("too many images", json.dumps({"instances": [{"b64": "QQ=="}] * 5}).encode(), "application/json", {}, 400),
     ("pixel limit", _big_png(), "image/png", {}, 413),
     ("unanswerable Accept", b"x", "image/png", {"Accept": "text/csv"}, 406),
+    ("deep JSON nesting", b"[" * 100_000, "application/json", {}, 400),
+    ("top_k out of range", b'{"instances": [{"b64": "QQ=="}], "top_k": 1e999}', "application/json", {}, 400),
+    ("unidentifiable image", b"\x00" * 100, "image/png", {}, 400),
 ]
 
 
@@ -104,7 +109,7 @@ def test_errors_are_one_line_4xx_and_the_worker_keeps_serving(
     got, answer = predict(served.port, body, content_type, **headers)
     assert got == status, answer
     assert isinstance(answer, dict) and answer["status"] == status and "\n" not in answer["error"]
-    assert "Traceback" not in json.dumps(answer)
+    assert "Traceback" not in json.dumps(answer) and " at 0x" not in answer["error"]
     assert request(served.port, "/ping", method="GET")[0] == 200
     assert predict(served.port, sample_bytes(sample_data))[0] == 200
 
@@ -122,9 +127,14 @@ def test_payload_above_the_limit_is_413(served, sample_data):
     assert predict(served.port, sample_bytes(sample_data))[0] == 200
 
 
-def test_java_heap_follows_the_container_limit(served):
-    config = Path("/etc/sagemaker-mms.properties").read_text()  # written by sagemaker-inference
-    assert "vmargs=-XX:+UseContainerSupport" in config and f":{served.port}" in config
+def test_mms_listens_on_private_sockets_with_a_container_sized_heap(served):
+    config_path = re.search(r"Config file: (\S+)", served.log).group(1)
+    config = Path(config_path).read_text()
+    assert "inference_address=unix:" in config and "management_address=unix:" in config
+    assert "0.0.0.0" not in config and "enable_envvars_config=false" in config
+    commands = [" ".join(p.cmdline()) for p in psutil.Process(served.process.pid).children(recursive=True)]
+    java = next(c for c in commands if "com.amazonaws.ml.mms.ModelServer" in c)
+    assert "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0" in java
 
 
 def test_ping_is_not_logged_but_requests_are(served, sample_data):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -88,3 +89,46 @@ def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
         assert request(server.port, "/models/shapes-v2/invoke", image, **{"Content-Type": "image/jpeg"})[0] == 200
     finally:
         assert server.stop() < 30
+
+
+def plant_code(model: Path, marker: Path) -> None:
+    """Everything a hostile model.tar.gz could use to run code in MMS's workers or at start-up."""
+    payload = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
+    for name in ("model_artifact.py", "evil.py", "serve/__init__.py", "serve/handler.py", "code/inference.py",
+                 "code/model_artifact.py", "torch.py", "PIL/__init__.py"):  # fmt: skip
+        (model / name).parent.mkdir(parents=True, exist_ok=True)
+        (model / name).write_text(payload)
+    (model / "evil.py").write_text(payload + "def handle(data, context):\n    return ['pwned']\n")
+    (model / "MAR-INF").mkdir()
+    manifest = {"model": {"modelName": "model", "handler": "evil:handle"}, "runtime": "python3"}
+    (model / "MAR-INF" / "MANIFEST.json").write_text(json.dumps(manifest))
+    package = model / "code" / "evil_package"
+    package.mkdir()
+    (package / "setup.py").write_text(payload + "from setuptools import setup\nsetup(name='evil')\n")
+    (model / "code" / "requirements.txt").write_text(f"-e {package}\n")
+    (model / "etc").symlink_to("/etc")
+
+
+def test_code_in_the_model_folder_never_runs(small_model, tmp_path, sample_data):
+    shutil.copytree(small_model, tmp_path / "model")
+    marker = tmp_path / "ran"
+    plant_code(tmp_path / "model", marker)
+    server = Server(tmp_path)
+    try:
+        server.wait_healthy()
+        status, answer = predict(server.port, (sample_data / "test/box/box_000.jpg").read_bytes())
+        assert status == 200 and answer["predictions"][0]["label"] in {"ant", "bee", "cat"}
+    finally:
+        server.stop()
+    assert not marker.exists(), marker.read_text()
+    assert "not used from" in server.log and "MAR-INF" in server.log
+
+
+def test_a_linked_weights_file_is_refused(small_model, tmp_path):
+    shutil.copytree(small_model, tmp_path / "model")
+    weights = tmp_path / "model" / model_artifact.WEIGHTS_FILE
+    weights.rename(tmp_path / "real.pt")
+    weights.symlink_to(tmp_path / "real.pt")
+    server = Server(tmp_path)
+    assert wait_exit(server) == 1
+    assert "is a symbolic link: refused" in server.log and "Traceback" not in server.log

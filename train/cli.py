@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 FRAMEWORK_MODULE = "train.launcher:main"
 
@@ -21,6 +22,9 @@ def main() -> None:
             "(input/config/*.json, input/data/<channel>/)"
         )
     os.environ.setdefault("SAGEMAKER_TRAINING_MODULE", FRAMEWORK_MODULE)
+    # The toolkit writes its failure file only into an existing folder; otherwise a failure
+    # exits 0 with no reason (seen with a malformed resourceconfig.json).
+    Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "output").mkdir(parents=True, exist_ok=True)
     from sagemaker_training import trainer  # importing reads SAGEMAKER_BASE_DIR
 
     trainer.train()

@@ -19,6 +19,7 @@ from train.failure import TrainingError
 DEFAULT_BASE_DIR = "/opt/ml"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LR_SCHEDULERS = ("cosine", "step", "constant")
+MAX_IMAGE_PIXELS = 40_000_000  # serving's SERVE_MAX_PIXELS default
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -184,6 +185,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-split", type=fraction, default=0.0, help="flat layouts only")
     p.add_argument("--drop-clutter", type=boolean, default=True, help="Caltech-256 layout")
     p.add_argument("--max-bad-fraction", type=_number(float, 0, 1), default=0.01)
+    p.add_argument(
+        "--max-image-pixels", type=_number(int, 1), default=MAX_IMAGE_PIXELS, help="larger images count as unreadable"
+    )
     p.add_argument("--log-interval", type=_number(int, 0), default=50, help="steps; 0: off")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default BASE/checkpoints")
     p.add_argument("--profile", type=boolean, default=False, help="step timings, a trace and a report in output data")

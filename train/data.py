@@ -9,25 +9,29 @@ Accepted layouts (channel ``training`` required, ``validation``/``test`` optiona
   deterministically.
 
 Unreadable images are skipped and counted; only more than ``max-bad-fraction`` of them
-fails the job.
+fails the job. Any exception while reading one file counts it as unreadable, and so does an
+image over ``max-image-pixels`` (before decoding, or once resized for evaluation). Nothing
+outside a channel is read: an image file or class folder whose real path (links followed)
+leaves its channel is ignored, with one warning per split.
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 import model_artifact
-from train.failure import TrainingError
+from train.config import MAX_IMAGE_PIXELS
+from train.failure import TrainingError, first_line
 
 log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -55,29 +59,75 @@ def display_name(folder: str) -> str:
     return name.replace("_", " ").replace("-", " ").strip() or folder
 
 
-def _subfolders(root: Path) -> list[str]:
-    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _printable(path: Path) -> str:
+    """``path`` for a log line: quoted when its name holds line breaks or other control characters."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)
+
+
+class Confined:
+    """One split's channel: an entry whose real path leaves it is ignored (never read) and counted."""
+
+    def __init__(self, channel: Path, what: str):
+        self.channel, self.what = channel, what
+        self.top = os.path.realpath(channel)  # the channel itself may be a link
+        self.ignored: dict[Path, None] = {}  # ordered, each entry once
+
+    def allows(self, path: Path) -> bool:
+        """Whether ``path``, links followed, stays inside the channel; remembers it if not."""
+        if os.path.commonpath([os.path.realpath(path), self.top]) == self.top:
+            return True
+        self.ignored.setdefault(path)
+        return False
+
+    def report(self) -> None:
+        """One warning line for the split, if anything was ignored."""
+        if self.ignored:
+            first = next(iter(self.ignored))
+            log.warning(
+                "%s: ignored %d link(s) that lead outside the channel %s (first: %s)",
+                self.what,
+                len(self.ignored),
+                _printable(self.channel),
+                _printable(first),
+            )
+
+
+def _subfolders(root: Path, channel: Confined) -> list[str]:
+    folders = [p for p in sorted(root.iterdir()) if not p.name.startswith(".") and p.is_dir()]
+    return [p.name for p in folders if channel.allows(p)]
 
 
 def _is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+    return path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".") and path.is_file()
 
 
-def scan(root: Path, folders: list[str], what: str) -> list[Sample]:
-    """(path, label) for every image file directly inside each class folder."""
+def _images(folder: Path, channel: Confined) -> list[Path]:
+    if not channel.allows(folder):
+        return []
+    return [p for p in sorted(folder.iterdir()) if _is_image_file(p) and channel.allows(p)]
+
+
+def scan(root: Path, folders: list[str], what: str, channel: Confined | None = None) -> list[Sample]:
+    """(path, label) for every image file directly inside each class folder and inside the channel."""
+    confined = channel or Confined(root, what)
     samples: list[Sample] = []
-    for label, folder in enumerate(folders):
-        files = sorted(p for p in (root / folder).iterdir() if _is_image_file(p))
-        if not files:
-            raise TrainingError(f"class folder {folder!r} in {what} has no images ({root / folder})")
-        samples += [(p, label) for p in files]
+    try:
+        for label, folder in enumerate(folders):
+            files = _images(root / folder, confined)
+            if not files:
+                raise TrainingError(f"class folder {folder!r} in {what} has no images ({root / folder})")
+            samples += [(p, label) for p in files]
+    finally:
+        if channel is None:  # else the caller reports, once per split
+            confined.report()
     return samples
 
 
-def _class_folders(root: Path, what: str, drop_clutter: bool) -> list[str]:
+def _class_folders(root: Path, what: str, drop_clutter: bool, channel: Confined) -> list[str]:
     if not root.is_dir():
         raise TrainingError(f"{what} is not a folder: {root}")
-    folders = [f for f in _subfolders(root) if not (drop_clutter and f == CLUTTER)]
+    folders = [f for f in _subfolders(root, channel) if not (drop_clutter and f == CLUTTER)]
     if not folders:
         raise TrainingError(f"{what} has no class folders: expected {what}/<class>/<image files> in {root}")
     if len(folders) == 1:
@@ -85,8 +135,8 @@ def _class_folders(root: Path, what: str, drop_clutter: bool) -> list[str]:
     return folders
 
 
-def _same_classes(expected: list[str], root: Path, what: str, drop_clutter: bool) -> None:
-    found = _class_folders(root, what, drop_clutter)
+def _same_classes(expected: list[str], root: Path, what: str, drop_clutter: bool, channel: Confined) -> None:
+    found = _class_folders(root, what, drop_clutter, channel)
     if found != expected:
         missing, extra = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
         raise TrainingError(
@@ -112,48 +162,67 @@ def stratified_split(samples: list[Sample], fractions: tuple[float, ...], seed: 
     return parts
 
 
-def resolve_splits(channels: dict[str, Path], args) -> Splits:
-    """Find the layout of the channels and list the samples of each split."""
-    if "training" not in channels:
-        raise TrainingError(f"no 'training' channel (got: {sorted(channels) or 'none'})")
+def _layout(channels: dict[str, Path], training: Confined) -> tuple[dict[str, Path], dict[str, Path], str]:
+    """The folder of each split, the channel each split must stay inside, and the layout's name."""
     root = channels["training"]
-    if root.is_dir() and _subfolders(root) == [CALTECH_WRAPPER]:
+    if root.is_dir() and _subfolders(root, training) == [CALTECH_WRAPPER]:
         root = root / CALTECH_WRAPPER
-    sub = set(_subfolders(root)) if root.is_dir() else set()
+    sub = set(_subfolders(root, training)) if root.is_dir() else set()
     val_folder = next((f for f in VALIDATION_FOLDERS if f in sub), None)
     if "train" in sub and val_folder:
         dirs = {"training": root / "train", "validation": root / val_folder}
         if "test" in sub:
             dirs["test"] = root / "test"
-        layout = "course (train/valid/test subfolders)"
-    else:
-        dirs = {k: v for k, v in channels.items() if k in ("validation", "test")} | {"training": root}
-        layout = "one ImageFolder per channel"
-    folders = _class_folders(dirs["training"], "training", args.drop_clutter)
-    train = scan(dirs["training"], folders, "training")
+        return dirs, dict.fromkeys(dirs, channels["training"]), "course (train/valid/test subfolders)"
+    dirs = {k: v for k, v in channels.items() if k in ("validation", "test")} | {"training": root}
+    return dirs, {k: channels[k] for k in dirs}, "one ImageFolder per channel"
+
+
+def resolve_splits(channels: dict[str, Path], args) -> Splits:
+    """Find the layout of the channels and list the samples of each split."""
+    if "training" not in channels:
+        raise TrainingError(f"no 'training' channel (got: {sorted(channels) or 'none'})")
+    confined = {"training": Confined(channels["training"], "training")}
+    try:
+        dirs, roots, layout = _layout(channels, confined["training"])
+        confined |= {name: Confined(roots[name], name) for name in dirs if name != "training"}
+        return _list_splits(dirs, layout, confined, args)
+    finally:
+        for channel in confined.values():
+            channel.report()
+
+
+def _list_splits(dirs: dict[str, Path], layout: str, confined: dict[str, Confined], args) -> Splits:
+    folders = _class_folders(dirs["training"], "training", args.drop_clutter, confined["training"])
+    train = scan(dirs["training"], folders, "training", confined["training"])
     split_off = [name for name in ("validation", "test") if name not in dirs]
     fractions = {"validation": args.val_split, "test": args.test_split}
+    found = {}
     if split_off:
         layout += f"; {' and '.join(split_off)} split off training by class"
         train, *rest = stratified_split(train, tuple(fractions[n] for n in split_off), args.seed)
-        dirs_split = dict(zip(split_off, rest, strict=True))
-    else:
-        dirs_split = {}
-    found = {}
+        found = dict(zip(split_off, rest, strict=True))
     for name in ("validation", "test"):
         if name in dirs:
-            _same_classes(folders, dirs[name], name, args.drop_clutter)
-            found[name] = scan(dirs[name], folders, name)
-    found |= dirs_split
+            _same_classes(folders, dirs[name], name, args.drop_clutter, confined[name])
+            found[name] = scan(dirs[name], folders, name, confined[name])
     names = [display_name(f) for f in folders]
     return Splits(names, train, found.get("validation", []), found.get("test", []), layout)
 
 
-class ImageDataset(Dataset):
-    """Decodes with the artifact's decoder; an unreadable file yields ``None``, not a crash."""
+def _describe(exc: BaseException) -> str:
+    """``struct.error: unpack requires ...``: the exception's type and the first line of its message."""
+    kind = type(exc)
+    name = kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+    message = first_line(str(exc))
+    return f"{name}: {message}" if message else name
 
-    def __init__(self, samples: list[Sample], transform, draft_size: int):
-        self.samples, self.transform, self.draft_size = samples, transform, draft_size
+
+class ImageDataset(Dataset):
+    """Decodes with the artifact's decoder; an unreadable or oversized file yields ``None``, not a crash."""
+
+    def __init__(self, samples: list[Sample], transform, draft_size: int, max_pixels: int = MAX_IMAGE_PIXELS):
+        self.samples, self.transform, self.draft_size, self.max_pixels = samples, transform, draft_size, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -161,11 +230,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, index: int):
         path, label = self.samples[index]
         try:
-            image = model_artifact.decode_image(path, self.draft_size)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            log.warning("skipping unreadable image %s: %s", path, exc)
+            image = model_artifact.decode_image(path, self.draft_size, self.max_pixels)
+            return self.transform(image), label, index
+        except Exception as exc:  # Pillow raises many kinds on hostile files: count them, never crash the worker
+            log.warning("skipping unreadable image %s: %s", _printable(path), _describe(exc))
             return None, label, index
-        return self.transform(image), label, index
 
 
 def collate(batch):

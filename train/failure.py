@@ -22,12 +22,28 @@ class Stopped(Exception):
     """The job was asked to stop (SIGTERM) and saved its checkpoint."""
 
 
+def one_line(text: str) -> str:
+    """``text`` on one line: line breaks and runs of white space become single spaces."""
+    return " ".join(text.split())
+
+
+def first_line(text: str) -> str:
+    """The first non-blank line of ``text`` (an exception message can run to many lines)."""
+    return next((line.strip() for line in text.splitlines() if line.strip()), "")
+
+
+def internal_reason(exc: BaseException) -> str:
+    """The one-line reason for a bug or an environment problem: type and first line of the message."""
+    message = first_line(str(exc))
+    return f"internal error: {type(exc).__name__}{': ' + message if message else ''} (see the log)"
+
+
 def write_failure(output_dir: Path, reason: str) -> None:
-    """Write ``reason`` as the job's failure file, unless another process already did."""
+    """Write ``reason`` as the job's one-line failure file, unless another process already did."""
     output_dir.mkdir(parents=True, exist_ok=True)
     path = output_dir / FAILURE_FILE
     if not path.exists():
-        path.write_text(reason[:MAX_REASON] + "\n")
+        path.write_text(one_line(reason)[:MAX_REASON] + "\n")
 
 
 @contextlib.contextmanager
@@ -45,5 +61,5 @@ def reported(output_dir: Path, exit_code_on_stop: int = 143) -> Iterator[None]:
         sys.exit(1)
     except Exception as exc:  # everything else: a bug or an environment problem
         log.error("training crashed:\n%s", traceback.format_exc())
-        write_failure(output_dir, f"internal error: {type(exc).__name__}: {exc} (see the log)")
+        write_failure(output_dir, internal_reason(exc))
         sys.exit(1)

@@ -1,8 +1,9 @@
 """The framework module the sagemaker-training toolkit runs (``SAGEMAKER_TRAINING_MODULE``).
 
 Like AWS's framework images, it starts the training program as child processes with the
-toolkit's SM_* environment and ``--key value`` hyperparameter arguments, and lets the
-toolkit report failures. Unlike them it starts one process per GPU, corrects SM_NUM_CPUS
+toolkit's SM_* environment and ``--key value`` hyperparameter arguments. Every failure
+reaches the toolkit as its ClientError with a one-line reason, never as its "Framework
+Error" traceback. Unlike them it starts one process per GPU, corrects SM_NUM_CPUS
 (cgroup-aware) and SM_NUM_GPUS (without nvidia-smi), and forwards SIGTERM/SIGINT to the
 children so that they can checkpoint before SageMaker's SIGKILL.
 """
@@ -15,11 +16,14 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
+from pathlib import Path
 
 from sagemaker_training import environment, errors
 
 from train import distributed
 from train.config import available_cpus
+from train.failure import TrainingError, internal_reason, one_line, write_failure
 
 log = logging.getLogger(__name__)
 STOP_GRACE_SECONDS = 100  # SageMaker kills about 120 s after SIGTERM
@@ -75,7 +79,26 @@ def _wait(children: list[subprocess.Popen]) -> list[int]:
 
 
 def main() -> None:
-    """Run training on this host; raise the toolkit's ClientError if it fails."""
+    """Run training on this host; any failure is a one-line failure file and the toolkit's ClientError."""
+    try:
+        run()
+    except Exception as exc:
+        reason = _reason(exc)
+        # The toolkit writes its failure file only into an existing output folder: without one
+        # it exits 0. Ours creates it; the toolkit then keeps the first reason written.
+        write_failure(Path(environment.output_dir), reason)
+        raise errors.ClientError(reason) from exc
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, errors.ClientError | TrainingError):
+        return one_line(str(exc))
+    log.error("launcher crashed:\n%s", traceback.format_exc())
+    return internal_reason(exc)
+
+
+def run() -> None:
+    """Start the training processes on this host and wait; raise ClientError if one fails."""
     env = environment.Environment()
     if len(env.hosts) > 1:
         distributed.wait_for_hosts(env.hosts)

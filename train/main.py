@@ -90,7 +90,8 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep):
     loaders, samplers, bad = {}, {}, {}
     for name, samples in (("train", splits.train), ("val", splits.val), ("test", splits.test)):
         training = name == "train"
-        dataset = data.ImageDataset(samples, transforms["train" if training else "val"], prep.resize_size)
+        transform = transforms["train" if training else "val"]
+        dataset = data.ImageDataset(samples, transform, prep.resize_size, args.max_image_pixels)
         samplers[name] = data.EpochSampler(len(samples), ctx.rank, ctx.world_size, args.seed, shuffle=training)
         loaders[name] = data.make_loader(dataset, samplers[name], args.batch_size, workers, training, pin)
         bad[name] = data.BadFiles(samples, args.max_bad_fraction, CHANNEL_NAMES[name])
