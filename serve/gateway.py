@@ -68,6 +68,7 @@ class ModelRegistry:
 
     def __init__(self, root: Path, staging: Path, management: Path, timeout: float):
         self.root, self.staging, self.management, self.timeout = root, staging, management, timeout
+        self.sources: dict[str, str] = {}  # model name -> the url SageMaker registered
 
     def register(self, body: bytes) -> tuple[int, dict]:
         """Check, stage and load the model of a ``POST /models`` body."""
@@ -88,8 +89,18 @@ class ModelRegistry:
             shutil.rmtree(staged, ignore_errors=True)
             raise Refused(400, one_line(exc)) from None
         status, answer = mms.call(self.management, "POST", "/models", self.timeout, url=str(staged), model_name=name)
-        if status != 200:
+        if status == 200:
+            self.sources[name] = url
+        else:
             shutil.rmtree(staged, ignore_errors=True)
+        return status, answer
+
+    def describe(self, name: str | None = None) -> tuple[int, dict]:
+        """MMS's list (or one model's description), with the urls SageMaker registered."""
+        status, answer = mms.call(self.management, "GET", f"/models/{name}" if name else "/models", self.timeout)
+        for model in answer.get("models", [answer]) if status == 200 else []:
+            if isinstance(model, dict) and model.get("modelName") in self.sources:
+                model["modelUrl"] = self.sources[model["modelName"]]
         return status, answer
 
     def unregister(self, name: str) -> tuple[int, dict]:
@@ -97,6 +108,7 @@ class ModelRegistry:
         status, answer = mms.call(self.management, "DELETE", f"/models/{name}", self.timeout)
         if status == 200:
             shutil.rmtree(self.staging / name, ignore_errors=True)
+            self.sources.pop(name, None)
         return status, answer
 
     @staticmethod
@@ -207,12 +219,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 self.allow("GET", "POST")
                 if method == "POST":
                     return self.relay(*registry.register(self.body()))
-                return self.relay(*mms.call(self.server.management, "GET", "/models"))
+                return self.relay(*registry.describe())
             if len(parts) == 2:
                 self.allow("GET", "DELETE")
                 if method == "DELETE":
                     return self.relay(*registry.unregister(name))
-                return self.relay(*mms.call(self.server.management, "GET", f"/models/{name}"))
+                return self.relay(*registry.describe(name))
         routes = "GET /ping and POST /invocations" if registry is None else "/ping and /models"
         raise Refused(404, f"no such endpoint: {method} {path[:100]}; this endpoint serves {routes}")
 

@@ -160,7 +160,9 @@ def test_multi_model_registration_takes_only_local_folders_under_the_root(multi,
     assert recorder.seen == []
     assert register(server.port, model_name="good", url=str(base / "models" / "good" / "model"))[0] == 200
     assert register(server.port, model_name="good", url=str(base / "models" / "good" / "model"))[0] == 409
-    assert {m["modelName"] for m in request(server.port, "/models", method="GET")[1]["models"]} == {"good"}
+    (listed,) = request(server.port, "/models", method="GET")[1]["models"]
+    assert listed == {"modelName": "good", "modelUrl": str(base / "models" / "good" / "model")}  # as registered
+    assert request(server.port, "/models/good", method="GET")[1]["modelUrl"] == listed["modelUrl"]
     assert request(server.port, "/models/good/invoke", png_bytes(), **{"Content-Type": PNG})[0] == 200
     assert request(server.port, "/models/good", method="PUT")[0] == 405
     assert request(server.port, "/models/good", method="DELETE")[0] == 200
