@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .DEFAULT_GOAL := help
-.PHONY: help venv images base-image wheelhouse push test test-fast lint format demo demo-host serve-demo sample-data bench clean
+.PHONY: help venv images base-image wheelhouse push test test-fast lint format demo demo-host serve-demo sample-data bench fuzz clean
 
 help: ## List the targets
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -77,6 +77,11 @@ demo-host: venv ## The same training without Docker: `train` on the host, then c
 bench: venv ## Print training, loader and serving throughput on this machine
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_latency.py
+
+fuzz: images ## Fuzz the serving container with 10,000 payloads under -m 2g (model: build/demo/model)
+	test -f build/demo/model/artifact.json || $(BIN)/python scripts/demo_host.py
+	$(BIN)/python bench/fuzz.py --image byoc-classifier-serving-cpu:latest --model build/demo/model \
+		--count 10000 --seed 1 --clients 8 --memory 2g --network host
 
 clean: ## Remove build outputs and the generated sample data (keeps .venv)
 	rm -rf build data .pytest_cache .ruff_cache

@@ -4,13 +4,17 @@
 
 For the sample model's shape (resnet18, 64 px, 4 classes) and resnet18 at 224 px with 257
 classes (Caltech-256), it starts ``serve``, sends a JPEG photo-sized image with 1 and with 8
-concurrent clients, and prints p50/p99 latency and requests per second. Prints, never asserts.
+concurrent clients, and prints p50/p99 latency and requests per second, then the gateway's
+cost: the same request through the serving port and straight to MMS's Unix socket,
+interleaved (the baseline measured in the same run). Prints, never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import io
+import re
 import statistics
 import sys
 import tempfile
@@ -61,6 +65,34 @@ def measure(port: int, body: bytes, clients: int, requests: int) -> str:
     return f"{clients} client(s): p50 {p50:.1f} ms, p99 {p99:.1f} ms, {requests / elapsed:.1f} req/s"
 
 
+def gateway_overhead(server: Server, body: bytes, requests: int) -> str:
+    """p50 of the same request through the serving port and straight to MMS's socket, interleaved."""
+    from serve import mms
+
+    socket_path = Path(re.search(r"Inference address: unix:(\S+)", server.log).group(1))
+    through, direct = http.client.HTTPConnection("127.0.0.1", server.port), mms.UnixHTTPConnection(socket_path, 60)
+
+    def once(connection) -> float:
+        start = time.perf_counter()
+        connection.request("POST", "/invocations", body, {"Content-Type": "image/jpeg"})
+        response = connection.getresponse()
+        response.read()
+        assert response.status == 200
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"gateway": [], "direct": []}
+    for i in range(requests + 5):
+        for name, connection in (("gateway", through), ("direct", direct)):
+            elapsed = once(connection)
+            if i >= 5:
+                times[name].append(elapsed * 1000)
+    gateway, direct_p50 = statistics.median(times["gateway"]), statistics.median(times["direct"])
+    return (
+        f"through the gateway p50 {gateway:.1f} ms, straight to MMS p50 {direct_p50:.1f} ms: "
+        f"overhead {gateway - direct_p50:+.1f} ms ({gateway / direct_p50:.2f}x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=120)
@@ -79,6 +111,7 @@ def main() -> None:
                 for clients in (1, 8):
                     figures = measure(server.port, body, clients, args.requests)
                     print(f"serve {name}, {args.workers or 'default'} workers: {figures}", flush=True)
+                print(f"serve {name}: {gateway_overhead(server, body, args.requests // 2)}", flush=True)
             finally:
                 server.stop()
 

@@ -119,13 +119,14 @@ class Server:
 
 
 def mms_processes() -> list[str]:
-    """Command lines of MMS frontends and workers running on this machine."""
+    """Command lines of MMS frontends and workers of this venv (not those in containers)."""
     import psutil
 
     found = []
+    venv = str(Path(sys.executable).parent.parent)
     for proc in psutil.process_iter(["cmdline"]):
         line = " ".join(proc.info["cmdline"] or [])
-        if "com.amazonaws.ml.mms" in line or "model_service_worker" in line:
+        if ("com.amazonaws.ml.mms" in line or "model_service_worker" in line) and venv in line:
             found.append(line[:120])
     return found
 

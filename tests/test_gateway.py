@@ -57,6 +57,9 @@ def test_only_ping_and_invocations_answer_on_the_serving_port(single, recorder):
         assert status in (404, 405), (method, path, status, answer)
         assert set(answer) == {"error", "status"} and "\n" not in answer["error"]
     assert request(single.port, "/invocations", method="GET")[0] == 405
+    for form in ("application/x-www-form-urlencoded", "multipart/form-data; boundary=x"):
+        status, answer = request(single.port, "/invocations", b"\xff\xd8 a=b&c", **{"Content-Type": form})
+        assert status == 415 and "\\x" not in answer["error"] and "a=b" not in answer["error"]
     assert predict(single.port, png_bytes(), PNG)[0] == 200  # the model is still registered
     assert request(single.port, "/ping", method="GET") == (200, {"status": "Healthy"})
     assert recorder.seen == []
