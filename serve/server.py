@@ -190,14 +190,14 @@ def prepare(settings: Settings, base: Path) -> tuple[RuntimeFolder, pwd.struct_p
     if settings.multi_model:
         return runtime, user, None
     source = base / "model"
-    others = (
+    unused = (
         sorted(p.name for p in source.iterdir() if p.name not in model_artifact.ARTIFACT_FILES)
         if source.is_dir()
         else []
     )
-    if others:  # e.g. code/ of a model packed for AWS's containers: never imported here
+    if unused:  # e.g. code/ of a model packed for AWS's containers: never imported here
         log.info("serving %s only; not used from %s: %s", " and ".join(model_artifact.ARTIFACT_FILES), source,
-                 ", ".join(others[:10]))  # fmt: skip
+                 ", ".join(unused[:10]))  # fmt: skip
     try:
         return runtime, user, runtime.stage(source)
     except (model_artifact.ArtifactError, OSError) as exc:
