@@ -180,6 +180,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         self.timeout = self.server.settings.timeout_seconds  # idle limit while reading a request
+        self.upstream: dict[Path, mms.UnixHTTPConnection] = {}
         super().setup()
 
     def do_GET(self) -> None:
@@ -277,20 +278,43 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             body = self.body()
             headers = {k: v for k, v in self.headers.items() if k.lower() not in NOT_FORWARDED}
-            connection = mms.UnixHTTPConnection(socket, self.server.settings.timeout_seconds + 10)
-            try:
-                connection.request(self.command, url, body, headers)
-                response = connection.getresponse()
-                data = response.read()
-            except (OSError, http.client.HTTPException) as exc:
-                raise Refused(503, f"the model server is not available ({type(exc).__name__})") from None
-            finally:
-                connection.close()
+            response, data = self.exchange(socket, url, body, headers)
         finally:
             self.server.inflight.release()
         if response.status < 400:
             return self.reply(response.status, data, response.getheader("Content-Type", "application/json"))
         self.relay(response.status, _parse(data), response.reason)
+
+    def exchange(self, socket: Path, url: str, body: bytes, headers: dict) -> tuple[http.client.HTTPResponse, bytes]:
+        """One request to MMS on this client connection's own MMS connection (kept alive: a new
+        one per request costs about a millisecond); a kept one that MMS closed is replaced once."""
+        kept = self.upstream.pop(socket, None)
+        if kept is not None:
+            try:
+                return self._send(kept, socket, url, body, headers)
+            except (OSError, http.client.HTTPException):
+                kept.close()
+        connection = mms.UnixHTTPConnection(socket, self.server.settings.timeout_seconds + 10)
+        try:
+            return self._send(connection, socket, url, body, headers)
+        except (OSError, http.client.HTTPException) as exc:
+            connection.close()
+            raise Refused(503, f"the model server is not available ({type(exc).__name__})") from None
+
+    def _send(self, connection, socket: Path, url: str, body: bytes, headers: dict):
+        connection.request(self.command, url, body, headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.will_close:
+            connection.close()
+        else:
+            self.upstream[socket] = connection
+        return response, data
+
+    def finish(self) -> None:
+        for connection in self.upstream.values():
+            connection.close()
+        super().finish()
 
     def relay(self, status: int, answer: dict, reason: str | None = None) -> None:
         """An MMS answer: success as it is, errors as our one-line JSON."""
