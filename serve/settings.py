@@ -76,7 +76,7 @@ class Settings:
         cpus = available_cpus()
         workers = _int("SAGEMAKER_MODEL_SERVER_WORKERS", gpus or max(1, cpus // 4))
         return cls(
-            port=_int("SAGEMAKER_BIND_TO_PORT", 8080, high=32767),  # MMS refuses higher ports
+            port=_int("SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
             timeout_seconds=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60),
             max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),

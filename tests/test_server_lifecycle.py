@@ -46,7 +46,7 @@ def test_a_missing_model_stops_the_container(tmp_path):
 @pytest.mark.parametrize(
     "env,message",
     [
-        ({"SAGEMAKER_BIND_TO_PORT": "40000"}, "SAGEMAKER_BIND_TO_PORT='40000' must be between 1 and 32767"),
+        ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "SAGEMAKER_BIND_TO_PORT='70000' must be between 1 and 65535"),
         ({"SAGEMAKER_MODEL_SERVER_WORKERS": "two"}, "SAGEMAKER_MODEL_SERVER_WORKERS='two' is not an integer"),
     ],
 )
