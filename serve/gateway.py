@@ -189,12 +189,15 @@ class Handler(http.server.BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_HEAD = do_OPTIONS = do_PATCH = do_GET
 
     def route(self) -> None:
+        self.body_read = False
         try:
             if sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADER_BYTES:
                 raise Refused(431, f"request headers over {MAX_HEADER_BYTES} bytes")
             self.dispatch(urlsplit(self.path).path)
         except Refused as refused:
             log.info("%s %s refused with %d: %s", self.command, self.path[:100], refused.status, refused.reason)
+            if not self.body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
+                self.close_connection = True  # its unread body must not be taken for the next request
             self.reply(refused.status, error_body(refused.status, refused.reason), reason=refused.reason)
         except Exception:
             log.exception("gateway error on %s %s", self.command, self.path[:100])
@@ -240,9 +243,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
             raise Refused(411, "send the body with a Content-Length")
         raw = self.headers.get("Content-Length", "0").strip() or "0"
-        if not raw.isdigit():
+        if not raw.isdigit() or len(raw) > 15:
             self.close_connection = True
-            raise Refused(400, "Content-Length is not a number")
+            raise Refused(400, "Content-Length is not a number of bytes")
         limit = self.server.settings.max_payload_mb * 1024 * 1024
         if int(raw) > limit:
             self.close_connection = True
@@ -251,6 +254,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 413, f"request body of {raw} bytes is over the {limit}-byte limit (SAGEMAKER_MAX_PAYLOAD_IN_MB)"
             )
         data = self.rfile.read(int(raw))
+        self.body_read = True
         if len(data) < int(raw):
             self.close_connection = True
             raise Refused(400, "the request body ended early")

@@ -84,6 +84,13 @@ def test_request_bounds(single):
             b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
         )
         assert sock.recv(200).startswith(b"HTTP/1.1 411")
+    status, answer = request(single.port, "/invocations", b"", **{"Content-Type": PNG, "Content-Length": "9" * 5000})
+    assert status == 400 and "Content-Length" in answer["error"]
+    with socket.create_connection(("127.0.0.1", single.port)) as sock:  # a refused request's body is not a request
+        body = b"GET /models HTTP/1.1\r\n\r\n"
+        sock.sendall(b"POST /predictions/model HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        reply = read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 404") and reply.count(b"HTTP/1.1") == 1
     with socket.create_connection(("127.0.0.1", single.port)) as sock:
         sock.sendall(b"NOT A REQUEST\r\n\r\n")
         reply = read_all(sock)
