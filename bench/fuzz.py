@@ -35,7 +35,6 @@ import io
 import json
 import random
 import re
-import socket
 import struct
 import subprocess
 import sys
@@ -48,6 +47,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.serving import free_port
 
 MB = 1024 * 1024
 # MMS log lines (com.amazonaws.ml.mms.wlm.WorkerThread): a worker that dies (killed, OOM-killed,
@@ -840,18 +842,6 @@ def burst(port: int, cases: list[Case], timeout: float = 240) -> list[tuple[Case
 
 def docker(*args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["docker", *args], capture_output=True, text=True, timeout=timeout, check=check)
-
-
-def free_port() -> int:
-    """A free port below 32768 (MMS refuses higher ones)."""
-    for port in random.Random().sample(range(20000, 32000), 200):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
 
 
 @dataclass

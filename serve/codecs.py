@@ -171,6 +171,11 @@ def encode_predictions(probabilities: torch.Tensor, class_names: list[str], k: i
     return json.dumps({"predictions": predictions})
 
 
+def reason_phrase(reason: str) -> str:
+    """``reason`` as an HTTP reason phrase: one line of ASCII, at most 200 characters."""
+    return " ".join(reason.split())[:200].encode("ascii", "replace").decode()
+
+
 def encode_error(status: int, reason: str) -> str:
     """The one-line JSON body of an error response."""
     return json.dumps({"error": reason, "status": status})

@@ -31,7 +31,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import model_artifact
-from serve import mms
+from serve import codecs, mms
 from serve.settings import Settings
 
 log = logging.getLogger("serve.gateway")
@@ -53,7 +53,7 @@ class Refused(Exception):
 
 def error_body(status: int, reason: str) -> bytes:
     """The one-line JSON error body, as the handler writes it."""
-    return json.dumps({"error": reason, "status": status}).encode()
+    return codecs.encode_error(status, reason).encode()
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -139,7 +139,7 @@ class Gateway(socketserver.ThreadingMixIn, http.server.HTTPServer):
 
     def __init__(self, settings: Settings, sockets: Path, registry: ModelRegistry | None):
         self.settings, self.registry = settings, registry
-        self.inference, self.management = sockets / "inference.sock", sockets / "management.sock"
+        self.inference, self.management = mms.inference_socket(sockets), mms.management_socket(sockets)
         self.inflight = threading.BoundedSemaphore(settings.max_inflight)
         self.active, self.lock = 0, threading.Lock()
         super().__init__(("0.0.0.0", settings.port), Handler)
@@ -287,7 +287,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.server.inflight.release()
         if response.status < 400:
             return self.reply(response.status, data, response.getheader("Content-Type", "application/json"))
-        self.relay(response.status, _parse(data), response.reason)
+        self.relay(response.status, mms.parse(data), response.reason)
 
     def exchange(self, socket: Path, url: str, body: bytes, headers: dict) -> tuple[http.client.HTTPResponse, bytes]:
         """One request to MMS on this client connection's own MMS connection (kept alive: a new
@@ -350,7 +350,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return False
 
     def reply(self, status: int, body: bytes, content_type: str = "application/json", reason: str | None = None):
-        phrase = " ".join((reason or "").split())[:200].encode("ascii", "replace").decode() or None
+        phrase = codecs.reason_phrase(reason or "") or None
         self.send_response(status, phrase)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -370,11 +370,3 @@ class Handler(http.server.BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args) -> None:  # MMS writes the access log
         pass
-
-
-def _parse(data: bytes) -> dict:
-    try:
-        answer = json.loads(data)
-    except (ValueError, RecursionError):
-        return {"message": data.decode(errors="replace")}
-    return answer if isinstance(answer, dict) else {"message": str(answer)}

@@ -121,8 +121,7 @@ class ClassifierService:
     @staticmethod
     def _error(context, idx: int, status: int, reason: str) -> str:
         log.info("request %d rejected with %d: %s", idx, status, reason)
-        phrase = " ".join(reason.split())[:200].encode("ascii", "replace").decode()  # an HTTP reason phrase
-        context.set_response_status(status, phrase, idx=idx)
+        context.set_response_status(status, codecs.reason_phrase(reason), idx=idx)
         return codecs.encode_error(status, reason)
 
 

@@ -6,8 +6,8 @@ URL and run its handler, or delete ours), puts ``/opt/ml/model/code`` on the wor
 ``PYTHONPATH``, pip-installs ``code/requirements.txt`` as root, writes ``/etc``, and finds
 MMS again by scanning every process on the machine. Here both MMS APIs listen on Unix sockets
 in a private folder that only the server's user can enter; ``serve.gateway`` alone is on the
-network. MMS is started with ``--foreground`` in its own process group, so that one signal
-reaches the frontend, its workers and nothing else.
+network. The Java frontend is started directly (not through the ``multi-model-server``
+wrapper) in its own process group, so that one signal reaches it and its workers.
 """
 
 from __future__ import annotations
@@ -32,11 +32,21 @@ SINGLE_MODEL_NAME = "model"
 JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
 
 
+def inference_socket(folder: Path) -> Path:
+    """Where MMS's inference API listens (``/ping``, ``/invocations``, ``/models/<name>/invoke``)."""
+    return folder / "inference.sock"
+
+
+def management_socket(folder: Path) -> Path:
+    """Where MMS's management API listens (``/models``)."""
+    return folder / "management.sock"
+
+
 def properties(settings: Settings, gpus: int, sockets: Path) -> str:
     """The MMS configuration file: both APIs on Unix sockets, our handler, the limits."""
     values = {
-        "inference_address": f"unix:{sockets / 'inference.sock'}",
-        "management_address": f"unix:{sockets / 'management.sock'}",
+        "inference_address": f"unix:{inference_socket(sockets)}",
+        "management_address": f"unix:{management_socket(sockets)}",
         "use_native_io": "true",  # required for Unix sockets
         "enable_envvars_config": "false",  # MMS_* variables must not reconfigure it
         "decode_input_request": "false",
@@ -107,7 +117,13 @@ def call(path: Path, method: str, target: str, timeout: float = 10, **query: str
         raw = response.read()
     finally:
         connection.close()
+    return response.status, parse(raw)
+
+
+def parse(raw: bytes) -> dict:
+    """An MMS answer as a dict: its JSON object, or ``{"message": text}``."""
     try:
-        return response.status, json.loads(raw)
-    except ValueError:
-        return response.status, {"message": raw.decode(errors="replace")}
+        answer = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {"message": raw.decode(errors="replace")}
+    return answer if isinstance(answer, dict) else {"message": str(answer)}

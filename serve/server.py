@@ -221,7 +221,7 @@ def main() -> None:
     runtime, user, model_dir = prepare(settings, base)
     registry = None
     if settings.multi_model:
-        registry = gateway.ModelRegistry(base / "models", runtime.models, runtime.scratch / "management.sock",
+        registry = gateway.ModelRegistry(base / "models", runtime.models, mms.management_socket(runtime.scratch),
                                          settings.timeout_seconds + 60)  # fmt: skip
     front = gateway.Gateway(settings, runtime.scratch, registry)  # binds the port before privileges go
     drop_privileges(user)

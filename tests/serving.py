@@ -20,7 +20,7 @@ SERVE_BIN = Path(sys.executable).parent / "serve"
 
 
 def free_port() -> int:
-    """A free port below 32768 (MMS refuses higher ones)."""
+    """A free port below Linux's ephemeral range (32768 and up), so that no outgoing connection takes it."""
     import random
 
     for port in random.Random().sample(range(20000, 32000), 200):
