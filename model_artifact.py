@@ -20,6 +20,7 @@ import io
 import json
 import os
 import platform
+import re
 import shutil
 import stat
 from dataclasses import asdict, dataclass, field
@@ -84,6 +85,17 @@ def library_versions() -> dict[str, str]:
         "torchvision": torchvision.__version__,
         "pillow": Image.__version__,
     }
+
+
+def display_name(label: str) -> str:
+    """A class folder's name for people: ``001.ak47`` → ``ak47``; ``063.electric-guitar-101`` → ``electric guitar``.
+
+    Predictions carry the folder name itself as ``label`` (a client maps it back exactly) and
+    this as ``name``.
+    """
+    name = re.sub(r"^\d+\.", "", label)
+    name = re.sub(r"-101$", "", name)
+    return name.replace("_", " ").replace("-", " ").strip() or label
 
 
 def build_model(architecture: str, num_classes: int) -> torch.nn.Module:

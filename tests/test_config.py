@@ -126,3 +126,32 @@ def test_available_cpus_respects_affinity_and_cgroup_quota(monkeypatch):
     assert 1 <= config.available_cpus() <= len(os.sched_getaffinity(0))
     monkeypatch.setattr(config, "_cgroup_cpu_quota", lambda: 0.5)
     assert config.available_cpus() == 1
+
+
+def test_checkpointconfig_local_path_is_honoured(tmp_path):
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    checkpoint_config = {"LocalPath": str(tmp_path / "ckpt"), "S3Path": "s3://bucket/ckpt"}
+    (tmp_path / "input" / "config" / "checkpointconfig.json").write_text(json.dumps(checkpoint_config))
+    assert config.resolve_paths({"SAGEMAKER_BASE_DIR": str(tmp_path)}).checkpoint_dir == tmp_path / "ckpt"
+
+
+def test_a_malformed_checkpointconfig_is_a_readable_failure(tmp_path):
+    (tmp_path / "input" / "config").mkdir(parents=True)
+    (tmp_path / "input" / "config" / "checkpointconfig.json").write_text("[1")
+    with pytest.raises(config.TrainingError, match=r"checkpointconfig\.json is not a JSON object"):
+        config.resolve_paths({"SAGEMAKER_BASE_DIR": str(tmp_path)})
+
+
+@pytest.mark.parametrize(
+    "env,level",
+    [
+        ({}, 20),
+        ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "10"}, 10),
+        ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "warning"}, 30),
+        ({"SM_LOG_LEVEL": "40"}, 40),
+        ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "DEBUG", "SM_LOG_LEVEL": "20"}, 10),
+        ({"SAGEMAKER_CONTAINER_LOG_LEVEL": "loud"}, 20),
+    ],
+)
+def test_log_level_from_the_variable_or_the_sdk_hyperparameter(env, level):
+    assert config.log_level(env) == level

@@ -42,7 +42,7 @@ def test_course_layout_train_valid_test_subfolders(tmp_path, val_name):
     image_folder(root / val_name, {"001.Affenpinscher": 1, "002.Afghan_hound": 2})
     image_folder(root / "test", {"001.Affenpinscher": 2, "002.Afghan_hound": 2})
     splits = data.resolve_splits({"training": root}, args())
-    assert splits.class_names == ["Affenpinscher", "Afghan hound"]
+    assert splits.class_names == ["001.Affenpinscher", "002.Afghan_hound"]
     assert (len(splits.train), len(splits.val), len(splits.test)) == (8, 3, 4)
     assert splits.layout.startswith("course")
 
@@ -78,7 +78,8 @@ def test_raw_caltech256_layout(tmp_path, wrapped, drop_clutter):
     image_folder(root / ("256_ObjectCategories" if wrapped else "") / "198.spider", {"": 0})
     Image.new("RGB", (8, 8)).save(root / ("256_ObjectCategories" if wrapped else "") / "198.spider" / "198_0001.jpg")
     splits = data.resolve_splits({"training": root}, args(drop_clutter=drop_clutter))
-    expected = ["ak47", "electric guitar", "motorbikes", "spider"] + ([] if drop_clutter else ["clutter"])
+    expected = ["001.ak47", "063.electric-guitar-101", "145.motorbikes-101", "198.spider"]
+    expected += [] if drop_clutter else ["257.clutter"]
     assert splits.class_names == expected
     assert all(p.suffix == ".jpg" for p, _ in splits.train + splits.val)  # RENAME2 is not an image
 
@@ -89,10 +90,11 @@ def test_hidden_files_are_not_images(tmp_path):
     assert len(data.scan(root, ["a", "b"], "training")) == 4
 
 
-def test_display_names():
-    assert data.display_name("001.ak47") == "ak47"
-    assert data.display_name("063.electric-guitar-101") == "electric guitar"
-    assert data.display_name("plain_name") == "plain name"
+def test_class_names_are_the_folder_names_exactly(tmp_path):
+    """A prediction's label must map back to the folder: ``class_2`` stays ``class_2``."""
+    image_folder(tmp_path / "training", {"class_2": 2, "063.electric-guitar-101": 2})
+    splits = data.resolve_splits({"training": tmp_path / "training"}, args())
+    assert splits.class_names == ["063.electric-guitar-101", "class_2"]
 
 
 @pytest.mark.parametrize(

@@ -199,3 +199,32 @@ def test_train_without_opt_ml_explains_sagemaker_base_dir(tmp_path):
     env = {k: v for k, v in job_env(tmp_path).items() if k != "SAGEMAKER_BASE_DIR"}
     result = subprocess.run([str(TRAIN_BIN)], env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode != 0 and "set SAGEMAKER_BASE_DIR" in result.stderr
+
+
+def test_checkpoints_resume_only_their_own_configuration(tmp_path):
+    """checkpointconfig.json's LocalPath is used; a rerun after the last epoch replays the
+    metric lines a tuner reads; other hyperparameters on the same location start fresh."""
+    channels = {"training": _images(tmp_path / "data", ["a", "b"])}
+    hps = {"pretrained": "false", "image-size": "16", "epochs": "2", "batch-size": "2", "num-workers": "0"}
+    base = make_job(tmp_path / "job", channels, hps | {"val-split": "0.34", "log-interval": "1"})
+    local = tmp_path / "local-checkpoints"
+    (base / "input" / "config" / "checkpointconfig.json").write_text(json.dumps({"LocalPath": str(local)}))
+    first = run_train(base, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert (local / checkpoint.CHECKPOINT_FILE).exists() and not (base / "checkpoints").exists()
+    assert re.search(r"epoch 1 step 1/\d+ .* eta \d+:\d\d$", first.stdout, re.M)
+    assert "epoch 1/2 done; about " in first.stdout
+
+    again = run_train(base, timeout=300)  # e.g. a spot restart after the last epoch
+    assert again.returncode == 0, again.stdout[-3000:]
+    assert "all 2 epochs were done" in again.stdout
+    assert re.findall(r"^epoch=(\d) .*val_accuracy=", again.stdout, re.M) == ["1", "2"]
+    assert re.search(r"^final best_epoch=\d", again.stdout, re.M)
+
+    hps_path = base / "input" / "config" / "hyperparameters.json"
+    hps_path.write_text(json.dumps(json.loads(hps_path.read_text()) | {"lr": "0.05"}))
+    other = run_train(base, timeout=300, SAGEMAKER_CONTAINER_LOG_LEVEL="30")
+    assert other.returncode == 0, other.stdout[-3000:]
+    assert "written by another configuration (lr 0.01 → 0.05): starting fresh" in other.stdout
+    assert re.findall(r"^epoch=(\d)", other.stdout, re.M) == ["1", "2"]  # trained again, printed anyway
+    assert "resolved configuration" not in other.stdout  # an INFO line, hidden at WARNING

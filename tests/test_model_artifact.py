@@ -141,3 +141,10 @@ def test_elongated_images_are_refused_before_decoding(tmp_path):
     with pytest.raises(Image.DecompressionBombError, match="too elongated"):
         model_artifact.decode_image(out.getvalue(), 256, 40_000_000)
     assert model_artifact.decode_image(out.getvalue(), None, 40_000_000).size == (40000, 1)  # no resize: no cap
+
+
+def test_display_names():
+    assert model_artifact.display_name("001.ak47") == "ak47"
+    assert model_artifact.display_name("063.electric-guitar-101") == "electric guitar"
+    assert model_artifact.display_name("plain_name") == "plain name"
+    assert model_artifact.display_name("007") == "007"

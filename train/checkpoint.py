@@ -13,13 +13,12 @@ from pathlib import Path
 import torch
 
 from model_artifact import atomic_write
+from train.config import OPERATIONAL
 from train.failure import TrainingError
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
-# A checkpoint made with other values of these cannot be resumed.
-IDENTITY_KEYS = ("model", "image_size", "class_names", "world_size")
 
 
 class StopRequest:
@@ -51,8 +50,28 @@ def save(folder: Path, state: dict, name: str = CHECKPOINT_FILE) -> Path:
     return path
 
 
+def identity(hyperparameters: dict, class_names: list[str], world_size: int) -> dict:
+    """What a checkpoint must match to be resumed: the hyperparameters that shape the result, classes, processes."""
+    kept = {k: str(v) for k, v in hyperparameters.items() if k not in OPERATIONAL}
+    return {"hyperparameters": kept, "class_names": class_names, "world_size": world_size}
+
+
+def differences(saved: dict, current: dict) -> list[str]:
+    """``lr 0.1 → 0.01``-style descriptions of where two identities differ."""
+    saved_hps, current_hps = saved.get("hyperparameters", {}), current.get("hyperparameters", {})
+    changed = [f"{k} {saved_hps.get(k)} → {v}" for k, v in sorted(current_hps.items()) if saved_hps.get(k) != v]
+    for key in ("class_names", "world_size"):
+        if saved.get(key) != current.get(key):
+            changed.append(key if key == "class_names" else f"{key} {saved.get(key)} → {current.get(key)}")
+    return changed
+
+
 def load(folder: Path, identity: dict, name: str = CHECKPOINT_FILE) -> dict | None:
-    """The checkpoint in ``folder`` if there is one; refuses one from another configuration."""
+    """The checkpoint in ``folder`` if this job wrote it; None (start fresh) if none or another job's.
+
+    A reused checkpoint location (the same ``checkpoint_s3_uri`` for trials of a tuning job)
+    holds the state of other hyperparameters: resuming it would train something nobody asked for.
+    """
     path = folder / name
     if not path.is_file():
         return None
@@ -60,10 +79,11 @@ def load(folder: Path, identity: dict, name: str = CHECKPOINT_FILE) -> dict | No
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise TrainingError(f"checkpoint {path} is unreadable ({exc}); delete it to start over") from exc
-    for key in IDENTITY_KEYS:
-        if key in identity and state.get("identity", {}).get(key) != identity[key]:
-            raise TrainingError(
-                f"checkpoint {path} was made with {key}={state.get('identity', {}).get(key)!r}, "
-                f"this job has {key}={identity[key]!r}: use another checkpoint location or delete it"
-            )
+    changed = differences(state.get("identity", {}), identity)
+    if changed:
+        log.warning(
+            "checkpoint %s was written by another configuration (%s): starting fresh; it will be overwritten",
+            path, "; ".join(changed[:5]) + ("; ..." if len(changed) > 5 else ""),
+        )  # fmt: skip
+        return None
     return state

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -20,6 +21,8 @@ DEFAULT_BASE_DIR = "/opt/ml"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 LR_SCHEDULERS = ("cosine", "step", "constant")
 MAX_IMAGE_PIXELS = 40_000_000  # serving's SERVE_MAX_PIXELS default
+# Hyperparameters that do not change what is learned: a checkpoint resumes across changes of these.
+OPERATIONAL = ("num_workers", "log_interval", "checkpoint_dir", "profile", "profile_steps", "max_bad_fraction")
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -55,9 +58,37 @@ def resolve_paths(env: os._Environ | dict | None = None) -> Paths:
         model_dir=Path(env.get("SM_MODEL_DIR", base / "model")),
         output_dir=Path(env.get("SM_OUTPUT_DIR", base / "output")),
         output_data_dir=Path(env.get("SM_OUTPUT_DATA_DIR", base / "output" / "data")),
-        checkpoint_dir=base / "checkpoints",
+        checkpoint_dir=checkpoint_local_path(base),
         channels=channels,
     )
+
+
+def checkpoint_local_path(base: Path) -> Path:
+    """``LocalPath`` of ``input/config/checkpointconfig.json`` (SageMaker writes it with checkpoint_s3_uri)."""
+    path = base / "input" / "config" / "checkpointconfig.json"
+    if not path.is_file():
+        return base / "checkpoints"
+    try:
+        local = json.loads(path.read_text()).get("LocalPath")
+    except (ValueError, AttributeError) as exc:
+        raise TrainingError(f"{path} is not a JSON object: {exc}") from exc
+    return Path(local) if local else base / "checkpoints"
+
+
+def log_level(env: os._Environ | dict | None = None) -> int:
+    """SAGEMAKER_CONTAINER_LOG_LEVEL (``10``/``DEBUG``), else the SDK's ``container_log_level`` (SM_LOG_LEVEL).
+
+    The toolkit lets the hyperparameter (always INFO unless given) override the variable; here
+    the variable wins, so that ``environment={"SAGEMAKER_CONTAINER_LOG_LEVEL": "DEBUG"}`` works.
+    """
+    env = os.environ if env is None else env
+    for name in ("SAGEMAKER_CONTAINER_LOG_LEVEL", "SM_LOG_LEVEL"):
+        text = str(env.get(name, "")).strip()
+        if text.isdigit():
+            return int(text)
+        if isinstance(logging.getLevelName(text.upper()), int):
+            return logging.getLevelName(text.upper())
+    return logging.INFO
 
 
 def available_cpus() -> int:

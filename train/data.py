@@ -21,7 +21,6 @@ import logging
 import math
 import os
 import random
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,13 +49,6 @@ class Splits:
     val: list[Sample]
     test: list[Sample]
     layout: str
-
-
-def display_name(folder: str) -> str:
-    """``001.ak47`` → ``ak47``; ``063.electric-guitar-101`` → ``electric guitar``."""
-    name = re.sub(r"^\d+\.", "", folder)
-    name = re.sub(r"-101$", "", name)
-    return name.replace("_", " ").replace("-", " ").strip() or folder
 
 
 def _printable(path: Path) -> str:
@@ -206,8 +198,7 @@ def _list_splits(dirs: dict[str, Path], layout: str, confined: dict[str, Confine
         if name in dirs:
             _same_classes(folders, dirs[name], name, args.drop_clutter, confined[name])
             found[name] = scan(dirs[name], folders, name, confined[name])
-    names = [display_name(f) for f in folders]
-    return Splits(names, train, found.get("validation", []), found.get("test", []), layout)
+    return Splits(folders, train, found.get("validation", []), found.get("test", []), layout)
 
 
 def _describe(exc: BaseException) -> str:

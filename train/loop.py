@@ -65,6 +65,13 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def clock(seconds: float) -> str:
+    """``75`` → ``1:15``; ``3725`` → ``1:02:05``."""
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
 def _to_device(images: torch.Tensor, labels: torch.Tensor, step: Step):
     fmt = torch.channels_last if step.channels_last else torch.contiguous_format
     images = images.to(step.device, non_blocking=True, memory_format=fmt)
@@ -114,13 +121,14 @@ def train_one_epoch(
             on_step(waited, elapsed)
         if log_interval and meter.batches % log_interval == 0:
             log.info(
-                "epoch %d step %d/%d loss %.4f %.1f img/s data wait %.0f%%",
+                "epoch %d step %d/%d loss %.4f %.1f img/s data wait %.0f%% eta %s",
                 epoch,
                 meter.batches,
                 total,
                 meter.loss_sum / max(meter.seen, 1),
                 meter.seen / max(meter.total_time, 1e-9),
                 100 * meter.data_time / max(meter.total_time, 1e-9),
+                clock((total - meter.batches) * meter.total_time / meter.batches),
             )
         if distributed.any_true(stop.requested):
             return False

@@ -129,13 +129,7 @@ def build_step(args, ctx: distributed.Context, num_classes: int, paths: config.P
 
 def identity(job: Job) -> dict:
     """What a checkpoint must match to be resumed by this job."""
-    a = job.args
-    return {
-        "model": a.model,
-        "image_size": a.image_size,
-        "class_names": job.splits.class_names,
-        "world_size": job.ctx.world_size,
-    }
+    return checkpoint.identity(vars(job.args), job.splits.class_names, job.ctx.world_size)
 
 
 def save_checkpoint(job: Job, epoch: int, meter: loop.Meter) -> None:
@@ -167,7 +161,14 @@ def restore(job: Job) -> tuple[int, loop.Meter]:
     job.step.scaler.load_state_dict(state["scaler"])
     job.history, job.best = state["history"], state["best"]
     meter = loop.Meter(**state["meter"])
-    log.info("resumed from checkpoint: epoch %d, %d batches done", state["epoch"] + 1, meter.batches)
+    if state["epoch"] >= job.args.epochs:
+        # Stopped (or restarted) after the last epoch: the tuner still needs the objective's lines.
+        log.info("resumed from checkpoint: all %d epochs were done; their metric lines again:", job.args.epochs)
+        if job.ctx.is_main:
+            for record in job.history:
+                print(metrics.epoch_line(record), flush=True)
+    else:
+        log.info("resumed from checkpoint: epoch %d, %d batches done", state["epoch"] + 1, meter.batches)
     return state["epoch"], meter
 
 
@@ -215,6 +216,9 @@ def run_epoch(job: Job, epoch: int, meter: loop.Meter) -> None:
     job.history.append(record)
     if job.ctx.is_main:
         print(metrics.epoch_line(record), flush=True)
+        left = args.epochs - epoch - 1
+        if left:
+            log.info("epoch %d/%d done; about %s left", epoch + 1, args.epochs, loop.clock(left * record["epoch_time"]))
     score = record.get("val_accuracy", float(epoch))  # without validation: the last epoch
     if score > job.best["score"] and job.ctx.is_main:
         job.best = {"epoch": epoch + 1, "score": score}
@@ -318,9 +322,8 @@ def train(args, paths: config.Paths) -> None:
 def main(argv: list[str] | None = None) -> None:
     """``python -m train --key value ...``: parse, train, report failures."""
     rank = os.environ.get("RANK", "0")
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format=f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
-    )
+    line_format = f"%(asctime)s %(levelname)s [rank {rank}] %(name)s: %(message)s"
+    logging.basicConfig(level=config.log_level(), stream=sys.stdout, format=line_format)
     paths = config.resolve_paths()
     with reported(paths.output_dir):
         try:
