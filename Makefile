@@ -28,6 +28,21 @@ venv: $(STAMP) ## Create .venv with the project and pinned dependencies (reused 
 .PHONY: venv-sdk3
 venv-sdk3: .venv-sdk3/.installed-stamp ## Create .venv-sdk3 with SDK v3 (sagemaker 3.x) for local_mode/train_v3.py
 
+# AWS's PyTorch inference toolkit, pinned: tests/test_portable_artifact.py serves model.tar.gz with it.
+DLC_TOOLKIT := sagemaker-pytorch-inference==2.0.25
+.venv-dlc/.installed-stamp: $(STAMP)
+	@# It ships its own sagemaker_inference (for TorchServe), so it cannot share .venv. Its dependencies
+	@# (torch, torchvision, Pillow, numpy, scipy, boto3, ...) come from .venv through a .pth file, which
+	@# puts .venv's site-packages AFTER this venv's own: the toolkit's sagemaker_inference wins.
+	test -x .venv-dlc/bin/python || $(PYTHON) -m venv .venv-dlc
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+		> "$$(.venv-dlc/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/byoc-dot-venv.pth"
+	.venv-dlc/bin/python -m pip install -q --no-deps '$(DLC_TOOLKIT)'
+	touch $@
+
+.PHONY: venv-dlc
+venv-dlc: .venv-dlc/.installed-stamp ## Create .venv-dlc with AWS's PyTorch inference toolkit (tests the portable artifact)
+
 images: venv ## Build the training and serving images offline (engine, base image, wheelhouse) and print sizes
 	docker/build.sh
 
@@ -46,7 +61,7 @@ push: venv ## Push the images to ECR (REGION=, ACCOUNT=, NAME=, TAG=) and print 
 	@test -n "$(REGION)" || (echo "error: set REGION=... (or AWS_DEFAULT_REGION)" >&2; exit 2)
 	$(BIN)/python -m local_mode.push --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) --name $(NAME) --tag $(TAG)
 
-test: venv venv-sdk3 images ## Lint and run the whole suite (builds the images first)
+test: venv venv-sdk3 venv-dlc images ## Lint and run the whole suite (builds the images first)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest -q --durations=15

@@ -117,6 +117,7 @@ def save(model_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta
     meta.versions = meta.versions or library_versions()
     text = json.dumps(asdict(meta), indent=2, sort_keys=True)
     atomic_write(model_dir / METADATA_FILE, lambda f: f.write(text.encode()))
+    write_code(model_dir)
     return model_dir
 
 
@@ -263,3 +264,30 @@ def atomic_write(path: Path, write) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+CODE_DIR = "code"  # what AWS's inference containers import: code/inference.py and its modules
+# code/ file -> (package holding the source or None for this module's folder, source file name)
+CODE_FILES = {
+    "inference.py": ("serve", "portable_inference.py"),
+    "byoc_codecs.py": ("serve", "codecs.py"),
+    "model_artifact.py": (None, "model_artifact.py"),
+}
+
+
+def write_code(model_dir: str | os.PathLike) -> Path:
+    """Write ``code/`` so that the artifact serves unchanged on AWS's PyTorch inference
+    container: its ``inference.py`` and copies of the two modules it imports (no training
+    code). Our own image ignores the folder unless the deployer sets ``SAGEMAKER_PROGRAM``."""
+    import importlib.util
+
+    code = Path(model_dir) / CODE_DIR
+    code.mkdir(exist_ok=True)
+    spec = importlib.util.find_spec("serve")
+    if spec is None or not spec.submodule_search_locations:
+        raise ArtifactError("the serve package is not installed: cannot write code/inference.py")
+    folders = {"serve": Path(next(iter(spec.submodule_search_locations))), None: Path(__file__).resolve().parent}
+    for name, (package, source) in CODE_FILES.items():
+        data = (folders[package] / source).read_bytes()
+        atomic_write(code / name, lambda f, data=data: f.write(data))
+    return code

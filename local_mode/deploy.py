@@ -17,9 +17,16 @@ from pathlib import Path
 
 from local_mode import session as local
 
+LOCAL_CODE_LOCATION = "s3://local-mode-code-stays-local/code"  # see deploy()
 
-def deploy(image_uri: str, model_data: str, instance_type: str = "local", role: str = local.DUMMY_ROLE, session=None):
-    """Create the endpoint; returns a ``Predictor`` (JSON out, image bytes in)."""
+
+def deploy(
+    image_uri: str, model_data: str, instance_type: str = "local", role: str = local.DUMMY_ROLE, session=None,
+    entry_point: str | None = None, source_dir: str | None = None,
+):  # fmt: skip
+    """Create the endpoint; returns a ``Predictor`` (JSON out, image bytes in). ``entry_point`` and
+    ``source_dir``: script mode (docs/script-mode.md); in local mode the SDK repacks a ``file://``
+    model.tar.gz in place, with ``source_dir`` as its ``code/``."""
     from sagemaker.deserializers import JSONDeserializer
     from sagemaker.model import Model
     from sagemaker.predictor import Predictor
@@ -27,8 +34,12 @@ def deploy(image_uri: str, model_data: str, instance_type: str = "local", role: 
     is_local = instance_type.startswith("local")
     if is_local:
         local.preflight(instance_type)
+    # SDK v2 asks STS for a default bucket before it packs source_dir, even when local mode keeps
+    # the code local (local_code): a named location saves that call; nothing is uploaded there.
+    code_location = LOCAL_CODE_LOCATION if is_local and entry_point else None
     model = Model(
         image_uri=image_uri, model_data=model_data, role=role, predictor_cls=Predictor,
+        entry_point=entry_point, source_dir=source_dir, code_location=code_location,
         sagemaker_session=session or (local.local_session() if is_local else None),
     )  # fmt: skip
     predictor = model.deploy(initial_instance_count=1, instance_type=instance_type)
@@ -58,15 +69,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance-type", default="local")
     parser.add_argument("--role", default=local.DUMMY_ROLE)
     parser.add_argument("--keep", action="store_true", help="leave the endpoint running")
+    parser.add_argument("--entry-point", help="script mode: the inference script in --source-dir")
+    parser.add_argument("--source-dir", help="script mode: the folder packed as the model's code/")
     parser.add_argument("images", nargs="+", type=Path)
     args = parser.parse_args(argv)
     try:
-        predictor = deploy(args.image, args.model_data, args.instance_type, args.role)
+        predictor = deploy(args.image, args.model_data, args.instance_type, args.role, None, args.entry_point,
+                           args.source_dir)  # fmt: skip
     except local.PreflightError as exc:
         sys.exit(f"error: {exc}")
     try:
         for path in args.images:
-            print(path, json.dumps(classify(predictor, path)["predictions"][0]))
+            answer = classify(predictor, path)
+            print(path, json.dumps(answer["predictions"][0] if "predictions" in answer else answer))
     finally:
         if not args.keep:
             teardown(predictor)

@@ -2,7 +2,11 @@
 
     python -m local_mode.train --image byoc-classifier-training:latest --data data/sample \\
         [--instance-type local|local_gpu|ml.g5.xlarge] [--instance-count 2] [--hp epochs=3 ...] \\
-        [--hyperparameters-file build/tune/best-hyperparameters.json]
+        [--hyperparameters-file build/tune/best-hyperparameters.json] \\
+        [--entry-point train_model.py --source-dir examples/script_mode [--torch-distributed]]
+
+With ``--entry-point`` the image runs that script from ``--source-dir`` (script mode) instead of
+its built-in trainer; ``--torch-distributed`` starts it with torchrun on every instance.
 
 The same code trains in the cloud: pass an ECR image URI, ``s3://`` data, an ``ml.*``
 instance type, ``--role`` and ``--output s3://...``.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import sys
 import tarfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from local_mode import session as local
@@ -37,17 +42,18 @@ def channels_of(data: str) -> dict[str, str]:
 
 def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "local", instance_count: int = 1,
         role: str = local.DUMMY_ROLE, output_path: str | None = None, session=None,
-        environment: dict | None = None, job_name: str | None = None) -> str:  # fmt: skip
-    """Run a training job; returns the model artifact's URI (model.tar.gz)."""
-    from sagemaker.estimator import Estimator
+        environment: dict | None = None, job_name: str | None = None, script: Script | None = None) -> str:  # fmt: skip
+    """Run a training job; returns the model artifact's URI (model.tar.gz).
 
+    ``hyperparameters`` is copied: the SDK adds its ``sagemaker_*`` keys to the dict it is given.
+    """
     is_local = instance_type.startswith("local")
     if is_local:
         local.preflight(instance_type)
-    estimator = Estimator(
+    estimator = (script or BUILT_IN).estimator(
         image_uri=image_uri, role=role, instance_count=instance_count, instance_type=instance_type,
-        hyperparameters=hyperparameters, metric_definitions=METRIC_DEFINITIONS, output_path=output_path,
-        environment=environment, sagemaker_session=session or (local.local_session() if is_local else None),
+        hyperparameters=dict(hyperparameters), output_path=output_path, environment=environment,
+        sagemaker_session=session or (local.local_session() if is_local else None),
     )  # fmt: skip
     try:
         estimator.fit(channels_of(data), job_name=job_name, wait=True, logs=True)
@@ -57,6 +63,34 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "
         reason = failure_reason(output_path, Path(estimator.sagemaker_session.config["local"]["container_root"]))
         raise TrainingFailed(reason or str(exc)) from exc
     return estimator.model_data
+
+
+@dataclass(frozen=True)
+class Script:
+    """What the job runs: the image's built-in trainer, or a user script (script mode)."""
+
+    entry_point: str | None = None
+    source_dir: str | None = None
+    torch_distributed: bool = False
+    metric_definitions: tuple[dict, ...] = ()
+
+    def estimator(self, **kwargs):
+        """SDK v2's ``Estimator``, or its ``PyTorch`` estimator (with our image) for torch_distributed."""
+        from sagemaker.estimator import Estimator
+        from sagemaker.pytorch import PyTorch
+
+        if not self.entry_point:
+            return Estimator(metric_definitions=METRIC_DEFINITIONS, **kwargs)
+        kwargs |= {"entry_point": self.entry_point, "source_dir": self.source_dir}
+        kwargs["metric_definitions"] = list(self.metric_definitions) or None
+        if self.torch_distributed:  # the generic Estimator has no distribution; PyTorch's sets the hyperparameter
+            return PyTorch(distribution={"torch_distributed": {"enabled": True}}, **kwargs)
+        return Estimator(**kwargs)
+
+
+BUILT_IN = Script()
+# The metric line examples/script_mode/train_model.py prints, for SageMaker's metrics and tuner.
+EXAMPLE_METRICS = ({"Name": "test:accuracy", "Regex": r"test_accuracy=([0-9\.]+)"},)
 
 
 class TrainingFailed(Exception):
@@ -100,7 +134,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--output", help="file:// or s3:// folder for model.tar.gz (local default: build/local-out)")
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
     parser.add_argument("--hyperparameters-file", help="JSON, e.g. local_mode.tune's best-hyperparameters.json")
+    parser.add_argument("--entry-point", help="script mode: the user's training script, relative to --source-dir")
+    parser.add_argument("--source-dir", help="script mode: the folder with the script (and requirements.txt)")
+    parser.add_argument("--torch-distributed", action="store_true", help="script mode: start it with torchrun")
     args = parser.parse_args(argv)
+    if args.torch_distributed and not args.entry_point:
+        parser.error("--torch-distributed needs --entry-point (the built-in trainer distributes itself)")
+    script = Script(args.entry_point, args.source_dir, args.torch_distributed, EXAMPLE_METRICS)
     is_local = args.instance_type.startswith("local")
     output = args.output or (f"file://{Path('build/local-out').resolve()}" if is_local else None)
     session = None
@@ -109,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
         if is_local:
             local.preflight(args.instance_type)  # before the SDK's session, which fails obscurely without a region
             session = local.local_session()
-        print(fit(args.image, args.data, hps, args.instance_type, args.instance_count, args.role, output, session))
+        print(fit(args.image, args.data, hps, args.instance_type, args.instance_count, args.role, output, session,
+                  script=script))  # fmt: skip
     except (local.PreflightError, TrainingFailed, ValueError) as exc:
         sys.exit(f"error: {exc}")
     finally:

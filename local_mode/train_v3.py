@@ -1,7 +1,8 @@
 """Train with the training image through the SageMaker Python SDK v3's ``ModelTrainer`` in local mode.
 
     .venv-sdk3/bin/python -m local_mode.train_v3 --image byoc-classifier-training:latest --data data/sample \\
-        [--instance-type local_cpu|local_gpu] [--instance-count 2] [--output DIR] [--hp epochs=3 ...]
+        [--instance-type local_cpu|local_gpu] [--instance-count 2] [--output DIR] [--hp epochs=3 ...] \\
+        [--source-dir examples/script_mode --entry-script train_model.py [--requirements requirements.txt]]
 
 Runs from the repository root in ``.venv-sdk3`` (``make venv-sdk3``: SDK v3 conflicts with v2), which has
 no torch. Without ``source_code`` v3 starts the image with its own entrypoint and no argument, through
@@ -9,6 +10,8 @@ docker-compose, and leaves the job's containers, the ``sagemaker-local`` network
 behind: ``fit`` removes them and keeps model.tar.gz and output.tar.gz in ``output_dir``. No call to AWS:
 telemetry is off and credentials are not looked up (an ECR image that is not pulled yet needs them for
 the SDK's ECR login: pull it first, or set AWS_EC2_METADATA_DISABLED=false on EC2 with an instance role).
+With ``--source-dir``/``--entry-script`` (``source_code=SourceCode(...)``) v3 replaces the image's entrypoint
+with its own ``bash sm_train.sh``, which runs the script with its own drivers.
 """
 
 from __future__ import annotations
@@ -47,17 +50,24 @@ def offline() -> Iterator[None]:
                 os.environ[name] = value
 
 
-def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, compute: dict, root: Path) -> None:
-    """Build the ``ModelTrainer`` and run it to completion (the SDK raises when the container fails)."""
-    from sagemaker.core.training.configs import Compute, InputData, MetricDefinition
+def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, compute: dict, root: Path,
+           source: dict | None = None) -> None:  # fmt: skip
+    """Build the ``ModelTrainer`` and run it to completion (the SDK raises when the container fails).
+
+    ``source``: ``SourceCode``'s fields (script mode), else the image's built-in trainer.
+    """
+    from sagemaker.core.training.configs import Compute, InputData, MetricDefinition, SourceCode
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
-    metrics = [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
     trainer = ModelTrainer(
         training_image=image_uri, training_mode=Mode.LOCAL_CONTAINER, local_container_root=str(root),
         compute=Compute(**compute), hyperparameters=dict(hyperparameters),
-        base_job_name="byoc-classifier",
-    ).with_metric_definitions(metrics)  # fmt: skip
+        base_job_name="byoc-classifier", source_code=SourceCode(**source) if source else None,
+    )  # fmt: skip
+    if not source:  # a script's metric lines are its own
+        trainer = trainer.with_metric_definitions(
+            [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
+        )
     inputs = [InputData(channel_name=name, data_source=path) for name, path in channels.items()]
     trainer.train(input_data_config=inputs, wait=True, logs=True)
 
@@ -79,7 +89,8 @@ def _collect(root: Path, output_dir: Path) -> str:
 
 
 def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 1,
-        output_dir: str | Path = "build/train-v3", instance_type: str = "local_cpu") -> str:  # fmt: skip
+        output_dir: str | Path = "build/train-v3", instance_type: str = "local_cpu",
+        source: dict | None = None) -> str:  # fmt: skip
     """Run a local training job with the image; returns the path of its model.tar.gz in ``output_dir``."""
     preflight("local_gpu" if instance_type == "local_gpu" else "local")
     channels = {name: uri.removeprefix("file://") for name, uri in channels_of(data).items()}
@@ -88,7 +99,7 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
     try:
         try:
             with offline():
-                _train(image_uri, channels, hyperparameters, compute, root)
+                _train(image_uri, channels, hyperparameters, compute, root, source)
         except RuntimeError as exc:  # the SDK says only "Process exited with code: N"
             raise TrainingFailed(_failure(root) or str(exc)) from exc
         return _collect(root, Path(output_dir))
@@ -104,10 +115,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--instance-count", type=int, default=1)
     parser.add_argument("--output", default="build/train-v3", help="folder for model.tar.gz and output.tar.gz")
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
+    parser.add_argument("--source-dir", help="script mode: the folder with the user's script")
+    parser.add_argument("--entry-script", help="script mode: the script, relative to --source-dir")
+    parser.add_argument("--requirements", help="script mode: a requirements file in --source-dir to install")
     args = parser.parse_args(argv)
+    fields = {"source_dir": args.source_dir, "entry_script": args.entry_script, "requirements": args.requirements}
+    source = {k: v for k, v in fields.items() if v} or None
     try:
         hps = hyperparameters_of(None, args.hp)
-        print(fit(args.image, args.data, hps, args.instance_count, args.output, args.instance_type))
+        print(fit(args.image, args.data, hps, args.instance_count, args.output, args.instance_type, source))
     except (PreflightError, TrainingFailed, ValueError) as exc:
         sys.exit(f"error: {exc}")
 

@@ -5,7 +5,11 @@ Accepted content types:
 - ``image/jpeg``, ``image/png``, ``image/webp``, ``application/x-image`` (and any other
   ``image/*`` Pillow reads): the body is one image;
 - ``application/json``: ``{"instances": [{"b64": "<base64 image>"}, ...], "top_k": 3}``
-  (``top_k`` optional): several images, predicted as one batch.
+  (``top_k`` optional): several images, predicted as one batch;
+- ``application/jsonlines`` (and its aliases, ``JSON_LINES_TYPES``): one such JSON request per
+  line (batch transform with ``SplitType=Line``). The answer has one JSON line per input line,
+  in order. A bad line makes the whole request a 4xx whose reason starts with ``line N:``;
+  the image count and pixel budgets hold for all lines of a body together.
 
 ``top_k`` may also come as SageMaker custom attributes (``CustomAttributes="top_k=3"``,
 the ``X-Amzn-SageMaker-Custom-Attributes`` header). The response is always JSON:
@@ -28,6 +32,11 @@ from PIL import Image
 import model_artifact
 
 JSON = "application/json"
+JSON_LINES = "application/jsonlines"
+JSON_LINES_TYPES = (
+    JSON_LINES, "application/jsonl", "application/json-lines", "application/x-jsonlines",
+    "application/x-ndjson", "application/ndjson",
+)  # fmt: skip
 IMAGE_TYPES = ("image/jpeg", "image/png", "image/webp", "application/x-image")
 CUSTOM_ATTRIBUTES = "x-amzn-sagemaker-custom-attributes"
 ADDRESS = re.compile(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>")  # e.g. Pillow's "<_io.BytesIO object at 0x7f...>"
@@ -57,10 +66,19 @@ class DecodeOptions:
 
 @dataclass
 class Request:
-    """A decoded request: one prepared input per image, and the asked-for ``top_k`` (None: default)."""
+    """A decoded request: one prepared input per image, and the asked-for ``top_k`` (None: default).
+
+    ``lines``: for JSON Lines, each line's number of images and its own ``top_k``, in order.
+    """
 
     inputs: list
     top_k: int | None = None
+    lines: list[tuple[int, int | None]] | None = None
+
+    @property
+    def media_type(self) -> str:
+        """The content type of the answer."""
+        return JSON if self.lines is None else JSON_LINES
 
 
 def media_type(header: str | None) -> str:
@@ -68,11 +86,12 @@ def media_type(header: str | None) -> str:
     return (header or "").split(";")[0].strip().lower()
 
 
-def check_accept(accept: str | None) -> None:
-    """Only JSON is produced: anything else that excludes it is a 406."""
+def check_accept(accept: str | None, content_type: str | None = None) -> None:
+    """The answer is JSON (JSON Lines to a JSON Lines request): an Accept that excludes it is a 406."""
+    produced = JSON_LINES_TYPES if media_type(content_type) in JSON_LINES_TYPES else (JSON,)
     wanted = [media_type(part) for part in (accept or "").split(",") if part.strip()]
-    if wanted and not any(w in (JSON, "*/*", "application/*") for w in wanted):
-        raise RequestError(406, f"cannot produce {accept!r}; this endpoint answers {JSON}")
+    if wanted and not any(w in (*produced, "*/*", "application/*") for w in wanted):
+        raise RequestError(406, f"cannot produce {accept!r}; this request is answered in {produced[0]}")
 
 
 def decode(body: bytes | bytearray | None, content_type: str | None, options: DecodeOptions) -> Request:
@@ -82,36 +101,77 @@ def decode(body: bytes | bytearray | None, content_type: str | None, options: De
     kind = media_type(content_type)
     if kind == JSON:
         return _decode_json(bytes(body), options)
+    if kind in JSON_LINES_TYPES:
+        return _decode_json_lines(bytes(body), options)
     if kind in IMAGE_TYPES or kind.startswith("image/"):
         return Request([_decode_image(bytes(body), options, "the body", options.max_request_pixels)[0]])
-    raise RequestError(415, f"unsupported content type {content_type!r}; send {', '.join(IMAGE_TYPES)} or {JSON}")
+    accepted = f"{', '.join(IMAGE_TYPES)}, {JSON} or {JSON_LINES}"
+    raise RequestError(415, f"unsupported content type {content_type!r}; send {accepted}")
 
 
 def _decode_json(body: bytes, options: DecodeOptions) -> Request:
+    """``{"instances": [...], "top_k": k}``: every check passes before any image is decoded."""
+    instances, top_k = _parse_request(body, options, "")
+    return Request(_decode_instances(instances, options), top_k)
+
+
+def _decode_json_lines(body: bytes, options: DecodeOptions) -> Request:
+    """One JSON request per line; reasons name the line (1-based, within this body). The image
+    count and pixel budgets hold for all lines together; no image is decoded before every line
+    has passed its checks."""
+    parsed = []
+    for number, line in enumerate(body.splitlines(), 1):
+        if not line.strip():
+            raise RequestError(400, f"line {number}: empty; each line must be one JSON request")
+        parsed.append(_parse_request(line, options, f"line {number}: "))
+    total = sum(len(instances) for instances, _ in parsed)
+    if total > options.max_images:
+        raise RequestError(
+            400, f"too many images: {total} > {options.max_images} per request, all lines together "
+            "(send fewer lines per request, or raise SERVE_MAX_IMAGES)",
+        )  # fmt: skip
+    instances = [instance for line_instances, _ in parsed for instance in line_instances]
+    return Request(_decode_instances(instances, options), lines=[(len(i), k) for i, k in parsed])
+
+
+def _parse_request(body: bytes, options: DecodeOptions, prefix: str) -> tuple[list[tuple[str, str]], int | None]:
+    """One JSON request's images as (where, base64 text), checked but not decoded, and its top_k."""
     try:
         payload = json.loads(body)
     except RecursionError:
-        raise RequestError(400, "invalid JSON: nested too deeply") from None
+        raise RequestError(400, f"{prefix}invalid JSON: nested too deeply") from None
     except (UnicodeDecodeError, ValueError) as exc:
-        raise RequestError(400, f"invalid JSON: {exc}") from None
+        raise RequestError(400, f"{prefix}invalid JSON: {exc}") from None
     instances = payload.get("instances") if isinstance(payload, dict) else None
     if not isinstance(instances, list) or not instances:
-        raise RequestError(400, 'expected {"instances": [{"b64": "<base64 image>"}, ...]}')
+        raise RequestError(400, f'{prefix}expected {{"instances": [{{"b64": "<base64 image>"}}, ...]}}')
     if len(instances) > options.max_images:
-        raise RequestError(400, f"too many images: {len(instances)} > {options.max_images} per request")
-    top_k = parse_top_k(payload.get("top_k"))  # a bad top_k fails before any image is decoded
-    inputs, budget = [], options.max_request_pixels
+        raise RequestError(400, f"{prefix}too many images: {len(instances)} > {options.max_images} per request")
+    try:
+        top_k = parse_top_k(payload.get("top_k"))  # a bad top_k fails before any image is decoded
+    except RequestError as exc:
+        raise RequestError(exc.status, f"{prefix}{exc.reason}") from None
+    checked = []
     for i, instance in enumerate(instances):
         if not isinstance(instance, dict) or not isinstance(instance.get("b64"), str):
-            raise RequestError(400, f'instances[{i}] must be {{"b64": "<base64 image>"}}')
+            raise RequestError(400, f'{prefix}instances[{i}] must be {{"b64": "<base64 image>"}}')
+        checked.append((f"{prefix}instances[{i}]", instance["b64"]))
+    return checked, top_k
+
+
+def _decode_instances(instances: list[tuple[str, str]], options: DecodeOptions) -> list:
+    """Base64 → image → prepared input, one at a time, within the request's pixel budget."""
+    inputs, budget = [], options.max_request_pixels
+    for where, text in instances:
         try:
-            data = base64.b64decode(instance["b64"], validate=True)
+            data = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
-            raise RequestError(400, f"instances[{i}].b64 is not valid base64") from None
-        inputs.append(_decode_image(data, options, f"instances[{i}]", budget))
+            raise RequestError(400, f"{where}.b64 is not valid base64") from None
+        prepared, pixels = _decode_image(data, options, where, budget)
+        inputs.append(prepared)
         if budget is not None:
-            budget -= inputs[-1][1]
-    return Request([prepared for prepared, _ in inputs], top_k)
+            budget -= pixels
+    return inputs
 
 
 def _decode_image(data: bytes, options: DecodeOptions, where: str, budget: int | None):
@@ -160,15 +220,29 @@ def top_k_from_attributes(header: str | None) -> int | None:
 
 
 def encode_predictions(probabilities: torch.Tensor, class_names: list[str], k: int) -> str:
-    """JSON of the top-``k`` labels and probabilities of each row."""
+    """JSON of the top-``k`` labels (class folder names, exactly as trained), names and probabilities of each row."""
     values, indices = probabilities.topk(min(k, len(class_names)), dim=1)
     predictions = []
     for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
         top = [
-            {"label": class_names[i], "probability": round(p, 6)} for p, i in zip(row_values, row_indices, strict=True)
+            {"label": class_names[i], "name": model_artifact.display_name(class_names[i]), "probability": round(p, 6)}
+            for p, i in zip(row_values, row_indices, strict=True)
         ]
-        predictions.append({"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top})
+        predictions.append(top[0] | {"top_k": top})
     return json.dumps({"predictions": predictions})
+
+
+def encode_response(request: Request, probabilities: torch.Tensor, class_names: list[str], default_k: int) -> str:
+    """The answer to a decoded request: one JSON object, or for JSON Lines one object per input
+    line, in order, joined by newlines (no trailing newline: batch transform adds one)."""
+    if request.lines is None:
+        return encode_predictions(probabilities, class_names, request.top_k or default_k)
+    answers, start = [], 0
+    for count, k in request.lines:
+        rows = probabilities[start : start + count]
+        answers.append(encode_predictions(rows, class_names, k or request.top_k or default_k))
+        start += count
+    return "\n".join(answers)
 
 
 def reason_phrase(reason: str) -> str:

@@ -7,6 +7,7 @@ answers ``/ping`` itself, truthfully, and passes on the few routes SageMaker use
 |---|---|---|
 | both | ``GET /ping`` | 200 only while every model's workers are running (and, single, the model is loaded) |
 | single | ``POST /invocations`` | MMS inference |
+| single | ``GET /execution-parameters`` | answered here: batch transform's defaults (``execution_parameters``) |
 | multi | ``POST /models/<name>/invoke`` | MMS inference |
 | multi | ``GET /models``, ``GET /models/<name>``, ``DELETE /models/<name>`` | MMS management |
 | multi | ``POST /models`` ``{"model_name", "url"}`` | checked and staged (``ModelRegistry``), then MMS |
@@ -41,6 +42,16 @@ MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,254}")
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 NOT_FORWARDED = HOP_BY_HOP | {"host", "content-length", "expect"}
 FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+TRANSFORM_PAYLOAD_MB = 100  # batch transform's ceiling for MaxPayloadInMB, and for it times MaxConcurrentTransforms
+
+
+def execution_parameters(settings: Settings) -> dict:
+    """What batch transform asks once before a job (``GET /execution-parameters``) when the job
+    leaves these unset: mini-batches of lines up to our payload limit, and as many requests at
+    once as there are model workers, within batch transform's 100 MB for both together."""
+    payload_mb = min(settings.max_payload_mb, TRANSFORM_PAYLOAD_MB)
+    concurrency = max(1, min(settings.workers, settings.max_inflight, TRANSFORM_PAYLOAD_MB // payload_mb))
+    return {"MaxConcurrentTransforms": concurrency, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": payload_mb}
 
 
 class Refused(Exception):
@@ -213,6 +224,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
         if registry is None and parts == ["invocations"]:
             self.allow("POST")
             return self.forward(self.server.inference, "/invocations")
+        if registry is None and parts == ["execution-parameters"]:
+            self.allow("GET", "HEAD")
+            return self.reply(200, json.dumps(execution_parameters(self.server.settings)).encode())
         if registry is not None and parts[:1] == ["models"] and len(parts) <= 3:
             name = parts[1] if len(parts) > 1 else None
             if name is not None and not MODEL_NAME.fullmatch(name):
@@ -230,7 +244,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 if method == "DELETE":
                     return self.relay(*registry.unregister(name))
                 return self.relay(*registry.describe(name))
-        routes = "GET /ping and POST /invocations" if registry is None else "/ping and /models"
+        routes = "/ping, /execution-parameters and /invocations" if registry is None else "/ping and /models"
         raise Refused(404, f"no such endpoint: {method} {path[:100]}; this endpoint serves {routes}")
 
     def allow(self, *methods: str) -> None:
@@ -276,7 +290,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
         kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if kind in FORM_TYPES:  # MMS's own form decoder would fail on them with a 500 echoing the body
             self.close_connection = True
-            raise Refused(415, f"unsupported content type {kind!r}; send an image or application/json")
+            raise Refused(415, f"unsupported content type {kind!r}; send an image, application/json or jsonlines")
         if not self.server.inflight.acquire(timeout=self.server.settings.timeout_seconds):
             raise Refused(503, "the server is busy; try again")
         try:

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 import model_artifact
-from serve import codecs
+from serve import codecs, script_service
 from serve.settings import Settings
 
 log = logging.getLogger("serve.handler")
@@ -89,7 +89,7 @@ class ClassifierService:
         for idx, request in enumerate(requests):
             context.set_response_content_type(idx, codecs.JSON)
             try:
-                codecs.check_accept(_header(context, idx, "accept"))
+                codecs.check_accept(_header(context, idx, "accept"), _header(context, idx, "content-type"))
                 body = request.get("body") if isinstance(request, dict) else None
                 decoded[idx] = codecs.decode(body, _header(context, idx, "content-type"), self.options)
                 attribute_k = codecs.top_k_from_attributes(_header(context, idx, codecs.CUSTOM_ATTRIBUTES))
@@ -115,8 +115,8 @@ class ClassifierService:
         for idx, request in decoded.items():
             rows = probabilities[start : start + len(request.inputs)]
             start += len(request.inputs)
-            k = request.top_k or self.settings.top_k
-            bodies[idx] = codecs.encode_predictions(rows, self.meta.class_names, k)
+            bodies[idx] = codecs.encode_response(request, rows, self.meta.class_names, self.settings.top_k)
+            context.set_response_content_type(idx, request.media_type)
 
     @staticmethod
     def _error(context, idx: int, status: int, reason: str) -> str:
@@ -125,7 +125,7 @@ class ClassifierService:
         return codecs.encode_error(status, reason)
 
 
-_service = ClassifierService()
+_service = script_service.ScriptService() if script_service.enabled() else ClassifierService()
 
 
 def _broken_device(exc: Exception) -> bool:
@@ -166,6 +166,10 @@ def handle(data, context):
 
 def preflight(model_dir: str) -> str:
     """Load and warm up the model once, outside MMS; returns a summary or raises."""
+    if script_service.enabled():  # SAGEMAKER_PROGRAM: the user's model_fn loads it
+        scripted = script_service.ScriptService()
+        scripted.initialize(model_dir, None, Settings.from_env())
+        return scripted.summary
     service = ClassifierService()
     service.initialize(model_dir, None, Settings.from_env())
     return f"{service.meta.architecture} with {service.meta.num_classes} classes"
@@ -173,7 +177,8 @@ def preflight(model_dir: str) -> str:
 
 if __name__ == "__main__":  # python -m serve.handler MODEL_DIR: the server's pre-flight check
     try:
-        print(f"pre-flight: {preflight(sys.argv[1])} loads and predicts")
+        summary = preflight(sys.argv[1])
+        print(f"pre-flight: {summary}" if script_service.enabled() else f"pre-flight: {summary} loads and predicts")
     except Exception as exc:
         print(f"pre-flight: the model in {sys.argv[1]} cannot serve: {exc}", file=sys.stderr)
         sys.exit(1)

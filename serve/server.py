@@ -7,7 +7,8 @@ What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
 - code from data: MMS puts the model folder (and sagemaker-inference ``code/``) on the
   workers' ``PYTHONPATH`` and obeys a ``MAR-INF/MANIFEST.json``; here MMS only ever sees a
   copy of the artifact's two files (``model_artifact.copy_files``), and no
-  ``requirements.txt`` is installed;
+  ``requirements.txt`` is installed, unless the deployer sets ``SAGEMAKER_PROGRAM``
+  (``serve.script_mode``: staged copies, the code folder alone on the import path);
 - privileges: started as root, ``serve`` prepares its folders, binds the port, then runs
   everything (gateway, MMS frontend, workers) as ``SERVE_USER``;
 - health: the model is loaded and warmed up by a pre-flight process before MMS starts, so a
@@ -36,7 +37,7 @@ import threading
 from pathlib import Path
 
 import model_artifact
-from serve import gateway, mms
+from serve import gateway, mms, script_mode
 from serve.handler import SERVER_PID_ENV
 from serve.settings import Settings
 
@@ -59,6 +60,7 @@ def export_settings(settings: Settings) -> None:
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers),
             "SERVE_TORCH_THREADS": str(settings.torch_threads),
             "OMP_NUM_THREADS": str(settings.torch_threads),
+            "SERVE_LOG_LEVEL": settings.log_level,
             SERVER_PID_ENV: str(os.getpid()),
         }
     )
@@ -73,6 +75,7 @@ class RuntimeFolder:
         self.root.chmod(0o755)
         self.config, self.model, self.models = self.root / "mms.properties", self.root / "model", self.root / "models"
         self.scratch = self.root / "scratch"
+        self.script: script_mode.Staged | None = None  # script mode's staged model and code
         for folder in (self.scratch, self.models):
             folder.mkdir(mode=0o700)
             if user is not None:
@@ -187,9 +190,11 @@ def prepare(settings: Settings, base: Path) -> tuple[RuntimeFolder, pwd.struct_p
     user = server_user(settings.user)
     runtime = RuntimeFolder(user)
     runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
+    source = base / "model"
+    if settings.program:  # script mode: the deployer chose to run the code in the model
+        return runtime, user, stage_script(settings, source, runtime)
     if settings.multi_model:
         return runtime, user, None
-    source = base / "model"
     unused = (
         sorted(p.name for p in source.iterdir() if p.name not in model_artifact.ARTIFACT_FILES)
         if source.is_dir()
@@ -205,6 +210,26 @@ def prepare(settings: Settings, base: Path) -> tuple[RuntimeFolder, pwd.struct_p
         sys.exit(1)
 
 
+def stage_script(settings: Settings, source: Path, runtime: RuntimeFolder) -> Path:
+    """Script mode: stage the model and code folders in full; MMS itself gets an empty folder."""
+    try:
+        runtime.script = script_mode.stage(settings, source, runtime.root)
+    except (script_mode.ScriptModeError, OSError) as exc:
+        log.error("script mode cannot start: %s", gateway.one_line(exc))
+        sys.exit(1)
+    runtime.model.mkdir(mode=0o555)
+    return runtime.model
+
+
+def start_script_mode(runtime: RuntimeFolder) -> None:
+    """As the server's user: install code/requirements.txt and tell the workers where the code is."""
+    try:
+        script_mode.activate(runtime.script, runtime.scratch)
+    except script_mode.ScriptModeError as exc:
+        log.error("script mode cannot start: %s", gateway.one_line(exc))
+        sys.exit(1)
+
+
 def main() -> None:
     """Serve ``/opt/ml/model`` (or the models SageMaker registers under ``/opt/ml/models``)."""
     logging.basicConfig(
@@ -215,6 +240,7 @@ def main() -> None:
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
+    logging.getLogger().setLevel(settings.log_level)
     log.info("settings: %s", settings)
     lifecycle = Lifecycle()
     lifecycle.install()
@@ -226,8 +252,9 @@ def main() -> None:
     front = gateway.Gateway(settings, runtime.scratch, registry)  # binds the port before privileges go
     drop_privileges(user)
     export_settings(settings)
+    start_script_mode(runtime)
     if model_dir is not None:
-        preflight(model_dir, runtime.scratch)
+        preflight(runtime.script.model_dir if runtime.script else model_dir, runtime.scratch)
     become_subreaper()
     vmargs = os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", mms.JVM_ARGS)
     command = mms.command(runtime.config, model_dir, runtime.scratch, vmargs)

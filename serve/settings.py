@@ -5,7 +5,7 @@
 | SAGEMAKER_BIND_TO_PORT | 8080 | port of /ping and /invocations |
 | SAGEMAKER_MODEL_SERVER_WORKERS | GPUs: one per GPU; CPU: CPUs/4 (at least 1) | model copies (MMS workers) |
 | SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS | 60 | per-request timeout |
-| SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | larger requests get 413 |
+| SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | larger requests get 413; 1 to 1024 (async inference's 1 GB) |
 | SAGEMAKER_MULTI_MODEL | false | multi-model endpoint (models under /opt/ml/models) |
 | SERVE_TOP_K | 5 | labels per image unless the request asks otherwise |
 | SERVE_MAX_IMAGES | 64 | images per request |
@@ -15,12 +15,16 @@
 | SERVE_MAX_INFLIGHT | 16 | requests whose bodies are held at once; more wait (503 after the timeout) |
 | SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
 | SERVE_TORCH_THREADS | CPUs / workers | intra-op threads of each CPU worker |
-| SERVE_LOG_LEVEL | INFO | Python log level of the workers |
+| SERVE_LOG_LEVEL | SAGEMAKER_CONTAINER_LOG_LEVEL, else INFO | Python log level of the server and its workers |
+| SAGEMAKER_CONTAINER_LOG_LEVEL | (unset) | the SDK's `container_log_level`: a number (`20`) or a name (`INFO`) |
+| SAGEMAKER_PROGRAM | (unset) | script mode: the user's inference module in the code folder (docs/script-mode.md) |
+| SAGEMAKER_SUBMIT_DIRECTORY | /opt/ml/model/code | script mode: the code folder (a local one; else the model's code/) |
 | SAGEMAKER_MODEL_SERVER_VMARGS | -XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0 | JVM options of the MMS frontend |
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +55,23 @@ def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
     return value
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def log_level() -> str:
+    """SERVE_LOG_LEVEL, else the SDK's SAGEMAKER_CONTAINER_LOG_LEVEL (``20`` or ``INFO``), else INFO."""
+    for name in ("SERVE_LOG_LEVEL", "SAGEMAKER_CONTAINER_LOG_LEVEL"):
+        raw = os.environ.get(name, "").strip()
+        if not raw:
+            continue
+        level = logging.getLevelName(int(raw)) if raw.isdigit() else raw.upper()
+        level = {"WARN": "WARNING", "FATAL": "CRITICAL"}.get(level, level)
+        if level not in LOG_LEVELS:
+            raise ValueError(f"{name}={raw!r} is not a log level: use 10, 20, 30, 40, 50 or {', '.join(LOG_LEVELS)}")
+        return level
+    return "INFO"
+
+
 @dataclass(frozen=True)
 class Settings:
     """The resolved serving settings."""
@@ -69,6 +90,8 @@ class Settings:
     torch_threads: int
     log_level: str
     user: str
+    program: str = ""  # SAGEMAKER_PROGRAM: script mode when set
+    submit_dir: str = ""
 
     @classmethod
     def from_env(cls, gpus: int = 0) -> Settings:
@@ -79,7 +102,7 @@ class Settings:
             port=_int("SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
             timeout_seconds=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60),
-            max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6),
+            max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, high=1024),
             multi_model=os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true",
             top_k=_int("SERVE_TOP_K", 5),
             max_images=_int("SERVE_MAX_IMAGES", 64),
@@ -88,6 +111,8 @@ class Settings:
             max_connections=_int("SERVE_MAX_CONNECTIONS", 128),
             max_inflight=_int("SERVE_MAX_INFLIGHT", 16),
             torch_threads=_int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
-            log_level=os.environ.get("SERVE_LOG_LEVEL", "INFO").upper(),
+            log_level=log_level(),
             user=os.environ.get("SERVE_USER", "model-server"),
+            program=os.environ.get("SAGEMAKER_PROGRAM", "").strip(),
+            submit_dir=os.environ.get("SAGEMAKER_SUBMIT_DIRECTORY", "").strip(),
         )

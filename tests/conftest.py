@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -117,6 +118,35 @@ def images() -> str:
     result = subprocess.run([str(REPO / "docker" / "build.sh")], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
+
+
+@pytest.fixture
+def sdk_session(images, tmp_path, monkeypatch):
+    """SDK v2's LocalSession (no AWS call), cleaned up after the test: no container is left."""
+    from local_mode import session as local
+
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    session = local.local_session(tmp_path / "container_root")
+    yield session
+    local.cleanup(session)
+    assert not (tmp_path / "container_root").exists()
+    assert not local.containers(tmp_path / "container_root")  # training and endpoint containers
+
+
+def tiny_wheel(folder: Path, name: str = "byoc_helper", value: int = 42) -> Path:
+    """A one-module wheel, so that a requirements.txt installs without a package index."""
+    path = folder / f"{name}-0.1-py3-none-any.whl"
+    info = f"{name}-0.1.dist-info"
+    files = {
+        f"{name}.py": f"VALUE = {value}\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 0.1\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    files[f"{info}/RECORD"] = "".join(f"{n},,\n" for n in [*files, f"{info}/RECORD"])
+    with zipfile.ZipFile(path, "w") as archive:
+        for member, text in files.items():
+            archive.writestr(member, text)
+    return path
 
 
 @pytest.fixture

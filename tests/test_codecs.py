@@ -155,6 +155,13 @@ def test_encode_predictions_caps_k_at_the_number_of_classes():
     assert second["label"] == "a" and len(second["top_k"]) == 3
 
 
+def test_label_is_the_class_folder_name_exactly_and_name_is_for_people():
+    payload = json.loads(codecs.encode_predictions(torch.tensor([[0.9, 0.1]]), ["class_2", "001.ak47"], k=2))
+    first, second = payload["predictions"][0]["top_k"]
+    assert (first["label"], first["name"]) == ("class_2", "class 2")
+    assert (second["label"], second["name"]) == ("001.ak47", "ak47")
+
+
 def test_error_body_is_one_line_json():
     body = codecs.encode_error(415, "unsupported content type 'x'")
     assert json.loads(body) == {"error": "unsupported content type 'x'", "status": 415} and "\n" not in body

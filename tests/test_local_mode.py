@@ -19,16 +19,6 @@ pytestmark = pytest.mark.slow
 IMAGE = "byoc-classifier-training:latest"
 
 
-@pytest.fixture
-def sdk_session(images, tmp_path, monkeypatch):
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    session = local.local_session(tmp_path / "container_root")
-    yield session
-    local.cleanup(session)
-    assert not (tmp_path / "container_root").exists()
-    assert not local.containers(tmp_path / "container_root")  # training and endpoint containers
-
-
 @pytest.mark.parametrize("instances", [1, 2])
 def test_estimator_trains_in_local_mode(sdk_session, sample_data, tmp_path, capfd, instances):
     hps = FAST | {"epochs": "1", "num-workers": "1"}

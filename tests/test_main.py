@@ -223,7 +223,7 @@ def test_checkpoints_resume_only_their_own_configuration(tmp_path):
 
     hps_path = base / "input" / "config" / "hyperparameters.json"
     hps_path.write_text(json.dumps(json.loads(hps_path.read_text()) | {"lr": "0.05"}))
-    other = run_train(base, timeout=300, SAGEMAKER_CONTAINER_LOG_LEVEL="30")
+    other = run_train(base, timeout=300, SAGEMAKER_CONTAINER_LOG_LEVEL="WARNING")  # a name: cli converts
     assert other.returncode == 0, other.stdout[-3000:]
     assert "written by another configuration (lr 0.01 → 0.05): starting fresh" in other.stdout
     assert re.findall(r"^epoch=(\d)", other.stdout, re.M) == ["1", "2"]  # trained again, printed anyway

@@ -113,7 +113,9 @@ def test_code_in_the_model_folder_never_runs(small_model, tmp_path, sample_data)
     shutil.copytree(small_model, tmp_path / "model")
     marker = tmp_path / "ran"
     plant_code(tmp_path / "model", marker)
-    server = Server(tmp_path)
+    # script mode's other variables, without SAGEMAKER_PROGRAM: still nothing is imported
+    code = str(tmp_path / "model" / "code")
+    server = Server(tmp_path, SAGEMAKER_SUBMIT_DIRECTORY=code, SERVE_SCRIPT_CODE_DIR=code, SERVE_SCRIPT_SITE_DIR=code)
     try:
         server.wait_healthy()
         status, answer = predict(server.port, (sample_data / "test/box/box_000.jpg").read_bytes())
@@ -121,7 +123,7 @@ def test_code_in_the_model_folder_never_runs(small_model, tmp_path, sample_data)
     finally:
         server.stop()
     assert not marker.exists(), marker.read_text()
-    assert "not used from" in server.log and "MAR-INF" in server.log
+    assert "not used from" in server.log and "MAR-INF" in server.log and "script mode" not in server.log
 
 
 def test_a_linked_weights_file_is_refused(small_model, tmp_path):

@@ -11,6 +11,8 @@ import os
 import sys
 from pathlib import Path
 
+from train import config
+
 FRAMEWORK_MODULE = "train.launcher:main"
 
 
@@ -22,6 +24,9 @@ def main() -> None:
             "(input/config/*.json, input/data/<channel>/)"
         )
     os.environ.setdefault("SAGEMAKER_TRAINING_MODULE", FRAMEWORK_MODULE)
+    # The toolkit int()s SAGEMAKER_CONTAINER_LOG_LEVEL: "INFO" would crash it before any log line.
+    if not os.environ.get("SAGEMAKER_CONTAINER_LOG_LEVEL", "0").strip().isdigit():
+        os.environ["SAGEMAKER_CONTAINER_LOG_LEVEL"] = str(config.log_level())
     # The toolkit writes its failure file only into an existing folder; otherwise a failure
     # exits 0 with no reason (seen with a malformed resourceconfig.json).
     Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "output").mkdir(parents=True, exist_ok=True)

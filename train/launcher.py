@@ -1,11 +1,12 @@
 """The framework module the sagemaker-training toolkit runs (``SAGEMAKER_TRAINING_MODULE``).
 
-Like AWS's framework images, it starts the training program as child processes with the
-toolkit's SM_* environment and ``--key value`` hyperparameter arguments. Every failure
-reaches the toolkit as its ClientError with a one-line reason, never as its "Framework
-Error" traceback. Unlike them it starts one process per GPU, corrects SM_NUM_CPUS
-(cgroup-aware) and SM_NUM_GPUS (without nvidia-smi), and forwards SIGTERM/SIGINT to the
-children so that they can checkpoint before SageMaker's SIGKILL.
+Like AWS's framework images, it starts the training program (ours, or in script mode the
+user's: ``train.script_mode``) as child processes with the toolkit's SM_* environment and
+``--key value`` hyperparameter arguments. Every failure reaches the toolkit as its ClientError
+with a one-line reason, never as its "Framework Error" traceback. Unlike them it starts one
+process per GPU (ours), corrects SM_NUM_CPUS (cgroup-aware) and SM_NUM_GPUS (without
+nvidia-smi), and forwards SIGTERM/SIGINT to the children so that they can checkpoint before
+SageMaker's SIGKILL.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from sagemaker_training import environment, errors
 
-from train import distributed
+from train import distributed, script_mode
 from train.config import available_cpus
 from train.failure import TrainingError, internal_reason, one_line, write_failure
 
@@ -98,8 +99,14 @@ def _reason(exc: Exception) -> str:
 
 
 def run() -> None:
-    """Start the training processes on this host and wait; raise ClientError if one fails."""
+    """Start the training processes on this host and wait; raise ClientError if one fails.
+
+    With a user entry point (``entry_point``/``source_dir``) it runs that script instead (``train.script_mode``).
+    """
     env = environment.Environment()
+    if script_mode.requested(env):
+        script_mode.run(env, gpu_count())
+        return
     if len(env.hosts) > 1:
         distributed.wait_for_hosts(env.hosts)
     command = [sys.executable, "-m", "train", *env.to_cmd_args()]
