@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 prefix=${PREFIX:-byoc-classifier}
 tag=${TAG:-latest}
 base=${BASE_IMAGE:-byoc-base:bookworm}
-targets=${TARGETS:-training serving-cpu serving-gpu}
+targets=${TARGETS:-serving-cpu serving-gpu training}  # the Dockerfile's order
 
 docker/engine.sh
 if [[ "$base" == byoc-base:* ]]; then docker/base-image.sh "$base"; fi

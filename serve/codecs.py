@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 from PIL import Image
 
 import model_artifact
@@ -219,9 +219,19 @@ def top_k_from_attributes(header: str | None) -> int | None:
     return None
 
 
-def encode_predictions(probabilities: torch.Tensor, class_names: list[str], k: int) -> str:
-    """JSON of the top-``k`` labels (class folder names, exactly as trained), names and probabilities of each row."""
-    values, indices = probabilities.topk(min(k, len(class_names)), dim=1)
+def as_array(probabilities) -> np.ndarray:
+    """Probabilities as a 2-D float numpy array (a torch tensor from script mode is moved to the CPU)."""
+    if hasattr(probabilities, "detach"):
+        probabilities = probabilities.detach().float().cpu().numpy()
+    return np.asarray(probabilities)
+
+
+def encode_predictions(probabilities, class_names: list[str], k: int) -> str:
+    """JSON of the top-``k`` labels (class folder names, exactly as trained), names and probabilities of each
+    row of ``probabilities`` (numpy, or a torch tensor); ties go to the lower class index."""
+    rows = as_array(probabilities)
+    indices = np.argsort(-rows, axis=1, kind="stable")[:, : min(k, len(class_names))]
+    values = np.take_along_axis(rows, indices, axis=1)
     predictions = []
     for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
         top = [
@@ -232,12 +242,12 @@ def encode_predictions(probabilities: torch.Tensor, class_names: list[str], k: i
     return json.dumps({"predictions": predictions})
 
 
-def encode_response(request: Request, probabilities: torch.Tensor, class_names: list[str], default_k: int) -> str:
+def encode_response(request: Request, probabilities, class_names: list[str], default_k: int) -> str:
     """The answer to a decoded request: one JSON object, or for JSON Lines one object per input
     line, in order, joined by newlines (no trailing newline: batch transform adds one)."""
     if request.lines is None:
         return encode_predictions(probabilities, class_names, request.top_k or default_k)
-    answers, start = [], 0
+    answers, start, probabilities = [], 0, as_array(probabilities)
     for count, k in request.lines:
         rows = probabilities[start : start + count]
         answers.append(encode_predictions(rows, class_names, k or request.top_k or default_k))

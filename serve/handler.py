@@ -1,5 +1,8 @@
 """The MMS handler (``serve.handler:handle``): artifact → model → batched predictions.
 
+The forward pass runs on ONNX Runtime or PyTorch (``serve.runtimes``); everything else here
+is numpy and Pillow, so the CPU serving image needs no torch.
+
 MMS calls ``handle(None, context)`` once when a worker loads the model (a failure there
 propagates, unlike a handler class whose ``initialize`` errors MMS swallows), then
 ``handle(requests, context)`` with one or more requests (server-side batching). All images
@@ -15,11 +18,11 @@ import signal
 import sys
 import time
 
-import torch
+import numpy as np
 from PIL import Image
 
 import model_artifact
-from serve import codecs, script_service
+from serve import codecs, runtimes, script_service
 from serve.settings import Settings
 
 log = logging.getLogger("serve.handler")
@@ -35,19 +38,15 @@ class ClassifierService:
     """One model copy on one device, with its preprocessing and class names."""
 
     def __init__(self) -> None:
-        self.model: torch.nn.Module | None = None
+        self.model: runtimes.OnnxModel | runtimes.TorchModel | None = None
         self.meta: model_artifact.Metadata | None = None
 
     def initialize(self, model_dir: str, gpu_id: int | None, settings: Settings) -> None:
-        """Load the artifact on this worker's device and run a warm-up prediction."""
+        """Load the artifact on this worker's runtime and device and run a warm-up prediction."""
         self.settings = settings
-        use_gpu = gpu_id is not None and torch.cuda.is_available()
-        self.device = torch.device("cuda", int(gpu_id)) if use_gpu else torch.device("cpu")
-        if self.device.type == "cpu":
-            torch.set_num_threads(settings.torch_threads)
         started = time.perf_counter()
-        self.model, self.meta = model_artifact.load(model_dir, self.device)
-        self.transform = model_artifact.eval_transform(self.meta.preprocessing)
+        self.model, self.meta = runtimes.load(model_dir, gpu_id, settings.runtime, settings.threads)
+        self.transform = model_artifact.array_transform(self.meta.preprocessing)
         self.options = codecs.DecodeOptions(
             settings.max_images,
             settings.max_pixels,
@@ -58,14 +57,12 @@ class ClassifierService:
         self.predict([self.transform(Image.new("RGB", (self.meta.preprocessing.resize_size,) * 2, (128, 128, 128)))])
         log.info(
             "model %s (%d classes) ready on %s in %.1f s", self.meta.architecture, self.meta.num_classes,
-            self.device, time.perf_counter() - started,
+            self.model.name, time.perf_counter() - started,
         )  # fmt: skip
 
-    @torch.inference_mode()
-    def predict(self, inputs: list[torch.Tensor]) -> torch.Tensor:
+    def predict(self, inputs: list[np.ndarray]) -> np.ndarray:
         """Class probabilities of preprocessed ``inputs`` (one forward pass)."""
-        batch = torch.stack(inputs).to(self.device)
-        return self.model(batch).float().softmax(dim=1).cpu()
+        return self.model.predict(np.stack(inputs))
 
     def handle(self, requests: list[dict], context) -> list[str]:
         """One response body per request; statuses and content types set on ``context``.
@@ -106,7 +103,7 @@ class ClassifierService:
             probabilities = self.predict(inputs)
         except Exception as exc:
             log.exception("prediction failed for a batch of %d images", len(inputs))
-            if self.device.type == "cuda" and _broken_device(exc):
+            if self.model.is_broken(exc):
                 _exit_worker(f"the GPU failed ({str(exc).splitlines()[0]}): this worker exits so that /ping tells")
             for idx in decoded:
                 bodies[idx] = self._error(context, idx, 500, "prediction failed; see the endpoint's log")
@@ -125,14 +122,12 @@ class ClassifierService:
         return codecs.encode_error(status, reason)
 
 
-_service = script_service.ScriptService() if script_service.enabled() else ClassifierService()
+def _service_for_this_worker():
+    """Script mode's service where the server staged a user's code (``SAGEMAKER_PROGRAM``), else ours."""
+    return script_service.ScriptService() if script_service.enabled() else ClassifierService()
 
 
-def _broken_device(exc: Exception) -> bool:
-    """A CUDA error other than out-of-memory leaves the device unusable for this process."""
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return False
-    return "CUDA" in str(exc) or type(exc).__name__ == "AcceleratorError"
+_service = _service_for_this_worker()
 
 
 def _exit_worker(reason: str) -> None:
@@ -166,13 +161,11 @@ def handle(data, context):
 
 def preflight(model_dir: str) -> str:
     """Load and warm up the model once, outside MMS; returns a summary or raises."""
-    if script_service.enabled():  # SAGEMAKER_PROGRAM: the user's model_fn loads it
-        scripted = script_service.ScriptService()
-        scripted.initialize(model_dir, None, Settings.from_env())
-        return scripted.summary
-    service = ClassifierService()
+    service = _service_for_this_worker()
     service.initialize(model_dir, None, Settings.from_env())
-    return f"{service.meta.architecture} with {service.meta.num_classes} classes"
+    if isinstance(service, ClassifierService):
+        return f"{service.meta.architecture} with {service.meta.num_classes} classes on {service.model.name}"
+    return service.summary  # SAGEMAKER_PROGRAM: the user's model_fn loaded it
 
 
 if __name__ == "__main__":  # python -m serve.handler MODEL_DIR: the server's pre-flight check

@@ -25,9 +25,10 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from serve import script_service, user_module
+from serve import runtimes, script_service, user_module
 from serve.settings import Settings
 
+TORCH_IMAGE = "byoc-classifier-serving-gpu"  # the serving image with PyTorch
 log = logging.getLogger("serve")
 PIP_TIMEOUT_SECONDS = 600
 PIP_OPTIONS = ["--no-cache-dir", "--disable-pip-version-check", "--no-input", "--retries", "0", "--timeout", "15"]
@@ -68,6 +69,11 @@ def stage(settings: Settings, model_dir: Path, root: Path) -> Staged:
         raise ScriptModeError(
             "SAGEMAKER_PROGRAM is not supported on a multi-model endpoint (SAGEMAKER_MULTI_MODEL=true): "
             "its models serve with the built-in handler only; deploy a script-mode model on its own endpoint"
+        )
+    if not runtimes.installed("torch"):
+        raise ScriptModeError(
+            f"SAGEMAKER_PROGRAM={settings.program} needs PyTorch, which this CPU image (ONNX Runtime only) "
+            f"does not have: serve script mode with {TORCH_IMAGE}, which runs on CPU instances too"
         )
     source_code = code_dir(settings, model_dir)
     staged_model = copy_tree(model_dir, root / "model-files")

@@ -19,10 +19,9 @@ import os
 import time
 from pathlib import Path
 
-import torch
 from PIL import Image
 
-from serve import codecs, defaults, user_module
+from serve import codecs, user_module
 from serve.settings import Settings
 
 log = logging.getLogger("serve.script")
@@ -47,11 +46,15 @@ class ScriptService:
     def initialize(self, model_dir: str, gpu_id: int | None, settings: Settings, context=None) -> None:
         """Import the user's module, load the model, warm it up where our decoder makes an input."""
         started, self.context = time.perf_counter(), context
+        import torch  # script mode runs on the PyTorch image only; the CPU image refuses it (serve.server)
+
+        from serve import defaults
+
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
         use_gpu = gpu_id is not None and torch.cuda.is_available()
         device = torch.device("cuda", int(gpu_id)) if use_gpu else torch.device("cpu")
         if device.type == "cpu":
-            torch.set_num_threads(settings.torch_threads)
+            torch.set_num_threads(settings.threads)
         site_dir = Path(os.environ[SITE_DIR_ENV]) if os.environ.get(SITE_DIR_ENV) else None
         self.user = user_module.load(Path(os.environ[CODE_DIR_ENV]), settings.program, site_dir)
         self.defaults = defaults.Defaults(model_dir, settings, device)

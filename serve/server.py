@@ -58,8 +58,8 @@ def export_settings(settings: Settings) -> None:
     os.environ.update(
         {
             "SAGEMAKER_MODEL_SERVER_WORKERS": str(settings.workers),
-            "SERVE_TORCH_THREADS": str(settings.torch_threads),
-            "OMP_NUM_THREADS": str(settings.torch_threads),
+            "SERVE_THREADS": str(settings.threads),
+            "OMP_NUM_THREADS": str(settings.threads),
             "SERVE_LOG_LEVEL": settings.log_level,
             SERVER_PID_ENV: str(os.getpid()),
         }
@@ -195,14 +195,10 @@ def prepare(settings: Settings, base: Path) -> tuple[RuntimeFolder, pwd.struct_p
         return runtime, user, stage_script(settings, source, runtime)
     if settings.multi_model:
         return runtime, user, None
-    unused = (
-        sorted(p.name for p in source.iterdir() if p.name not in model_artifact.ARTIFACT_FILES)
-        if source.is_dir()
-        else []
-    )
+    known = (*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES)
+    unused = sorted(p.name for p in source.iterdir() if p.name not in known) if source.is_dir() else []
     if unused:  # e.g. code/ of a model packed for AWS's containers: never imported here
-        log.info("serving %s only; not used from %s: %s", " and ".join(model_artifact.ARTIFACT_FILES), source,
-                 ", ".join(unused[:10]))  # fmt: skip
+        log.info("serving %s only; not used from %s: %s", ", ".join(known), source, ", ".join(unused[:10]))
     try:
         return runtime, user, runtime.stage(source)
     except (model_artifact.ArtifactError, OSError) as exc:

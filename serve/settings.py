@@ -14,7 +14,8 @@
 | SERVE_MAX_CONNECTIONS | 128 | open client connections; more are closed at once |
 | SERVE_MAX_INFLIGHT | 16 | requests whose bodies are held at once; more wait (503 after the timeout) |
 | SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
-| SERVE_TORCH_THREADS | CPUs / workers | intra-op threads of each CPU worker |
+| SERVE_THREADS | CPUs / workers | intra-op threads of each CPU worker (old name: SERVE_TORCH_THREADS) |
+| SERVE_RUNTIME | auto | `onnx`, `torch`, or `auto`: ONNX Runtime on CPUs where installed (serve.runtimes) |
 | SERVE_LOG_LEVEL | SAGEMAKER_CONTAINER_LOG_LEVEL, else INFO | Python log level of the server and its workers |
 | SAGEMAKER_CONTAINER_LOG_LEVEL | (unset) | the SDK's `container_log_level`: a number (`20`) or a name (`INFO`) |
 | SAGEMAKER_PROGRAM | (unset) | script mode: the user's inference module in the code folder (docs/script-mode.md) |
@@ -55,6 +56,14 @@ def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
     return value
 
 
+def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    raw = os.environ.get(name, "").strip().lower() or default
+    if raw not in choices:
+        raise ValueError(f"{name}={raw!r} must be one of {', '.join(choices)}")
+    return raw
+
+
+RUNTIMES = ("auto", "onnx", "torch")  # serve.runtimes
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -87,9 +96,10 @@ class Settings:
     max_request_pixels: int
     max_connections: int
     max_inflight: int
-    torch_threads: int
+    threads: int
     log_level: str
     user: str
+    runtime: str = "auto"
     program: str = ""  # SAGEMAKER_PROGRAM: script mode when set
     submit_dir: str = ""
 
@@ -110,7 +120,8 @@ class Settings:
             max_request_pixels=_int("SERVE_MAX_REQUEST_PIXELS", 100_000_000),
             max_connections=_int("SERVE_MAX_CONNECTIONS", 128),
             max_inflight=_int("SERVE_MAX_INFLIGHT", 16),
-            torch_threads=_int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
+            threads=_int("SERVE_THREADS", 0) or _int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
+            runtime=_choice("SERVE_RUNTIME", "auto", RUNTIMES),
             log_level=log_level(),
             user=os.environ.get("SERVE_USER", "model-server"),
             program=os.environ.get("SAGEMAKER_PROGRAM", "").strip(),

@@ -1,4 +1,5 @@
-"""Start the real ``serve`` executable (MMS) on the host and talk HTTP to it."""
+"""Start the real ``serve`` executable (MMS) on the host and talk HTTP to it; the handler's
+service in-process with MMS's own Context objects."""
 
 from __future__ import annotations
 
@@ -17,6 +18,43 @@ import urllib.request
 from pathlib import Path
 
 SERVE_BIN = Path(sys.executable).parent / "serve"
+
+
+RUNTIMES = ("onnx", "torch")  # SERVE_RUNTIME values that the host's .venv runs both of
+
+
+def classifier_service(model_dir, runtime: str = "auto"):
+    """Our handler's service on ``model_dir`` (loaded and warmed up) with ``SERVE_RUNTIME=runtime``."""
+    import dataclasses
+
+    from serve import handler
+    from serve.settings import Settings
+
+    service = handler.ClassifierService()
+    service.initialize(str(model_dir), None, dataclasses.replace(Settings.from_env(), runtime=runtime))
+    return service
+
+
+def service_fixture(*runtimes: str):
+    """A module-scoped ``service`` fixture: ``classifier_service`` on the ``small_model``, once per runtime.
+
+    Use as ``service = service_fixture("onnx", "torch")`` in a test module."""
+    import pytest  # here, not at the top: bench/ imports this module without pytest
+
+    @pytest.fixture(scope="module", params=runtimes)
+    def service(request, small_model):
+        return classifier_service(small_model, request.param)
+
+    return service
+
+
+def mms_context(model_dir, headers: list[dict]):
+    """MMS's own Context for one batch of requests with these headers."""
+    from mms.context import Context, RequestProcessor
+
+    context = Context("model", str(model_dir), None, len(headers), None, "1.1.11")
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    return context
 
 
 def free_port() -> int:

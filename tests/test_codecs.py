@@ -7,6 +7,7 @@ import io
 import json
 import struct
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -153,6 +154,24 @@ def test_encode_predictions_caps_k_at_the_number_of_classes():
     assert (first["label"], first["probability"]) == ("b", pytest.approx(0.7))
     assert [p["label"] for p in first["top_k"]] == ["b", "c", "a"]
     assert second["label"] == "a" and len(second["top_k"]) == 3
+
+
+@pytest.mark.parametrize("kind", ["numpy", "torch"])
+def test_numpy_and_torch_probabilities_give_the_same_json(kind):
+    """ONNX Runtime answers numpy, a user's predict_fn in script mode may answer a torch tensor."""
+    rows = [[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]]
+    probabilities = np.asarray(rows, np.float32) if kind == "numpy" else torch.tensor(rows, requires_grad=True)
+    payload = json.loads(codecs.encode_predictions(probabilities, ["a", "b", "c"], k=2))
+    assert [[p["label"] for p in row["top_k"]] for row in payload["predictions"]] == [["b", "c"], ["a", "b"]]
+    assert payload["predictions"][0]["probability"] == pytest.approx(0.7)
+
+
+def test_ties_go_to_the_lower_class_index():
+    payload = json.loads(codecs.encode_predictions(np.full((1, 5), 0.2, np.float32), list("abcde"), k=3))
+    (prediction,) = payload["predictions"]
+    assert prediction["label"] == "a" and [p["label"] for p in prediction["top_k"]] == ["a", "b", "c"]
+    payload = json.loads(codecs.encode_predictions(np.asarray([[0.1, 0.3, 0.3, 0.3]]), list("abcd"), k=2))
+    assert [p["label"] for p in payload["predictions"][0]["top_k"]] == ["b", "c"]
 
 
 def test_label_is_the_class_folder_name_exactly_and_name_is_for_people():

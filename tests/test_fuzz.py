@@ -1,7 +1,9 @@
 """The serving container under the fuzzer (bench/fuzz.py) and under worst-case memory load.
 
-Both run the image under ``docker run -m 2g`` with a trained model. The full run
-(10,000 payloads) is ``make fuzz``; here a seeded run of 1,000 payloads.
+Both run each serving image under ``docker run -m 2g`` with a trained model: serving-cpu (ONNX
+Runtime, the default) and serving-gpu (PyTorch, on the CPU here). The full run (10,000
+payloads) is ``make fuzz``; here a seeded run of 1,000 payloads, 250 on serving-gpu (the same
+handler and codecs, only a slower forward pass on CPUs: 1,000 would take a minute longer).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import pytest
 from bench import fuzz
 
 pytestmark = pytest.mark.slow
-SERVING_CPU = "byoc-classifier-serving-cpu:latest"
+IMAGES = ["byoc-classifier-serving-cpu:latest", "byoc-classifier-serving-gpu:latest"]
 LIMITS = fuzz.Limits(max_payload_mb=6, max_images=64, max_pixels=40_000_000)
 
 
@@ -28,17 +30,18 @@ def model_dir(trained_job, tmp_path) -> Path:
     return model
 
 
-def test_a_seeded_fuzz_run_gets_no_bad_answer_restart_or_oom(images, model_dir):
+@pytest.mark.parametrize("image,count", [(IMAGES[0], 1000), (IMAGES[1], 250)], ids=["serving-cpu", "serving-gpu"])
+def test_a_seeded_fuzz_run_gets_no_bad_answer_restart_or_oom(images, model_dir, image, count):
     # host network: the registration URLs name the fuzzer's own server on 127.0.0.1, which
     # the container can then reach, so "it got no request" proves no URL was fetched.
     report = fuzz.fuzz(
-        SERVING_CPU, model_dir, count=1000, seed=7, clients=8, memory="2g", limits=LIMITS,
+        image, model_dir, count=count, seed=7, clients=8, memory="2g", limits=LIMITS,
         network="host", max_seconds=150,
     )  # fmt: skip
     text = report.format()
     print(text)
     sent, bad, health = report.tally.sent, report.tally.bad, report.health
-    assert sent == 1000, text
+    assert sent == count, text
     assert bad == 0, text
     assert health.restarts == 0, text
     assert report.ping_failures == 0 and report.ping_total > 0, text
@@ -47,10 +50,11 @@ def test_a_seeded_fuzz_run_gets_no_bad_answer_restart_or_oom(images, model_dir):
     assert not report.canary_hits, text
 
 
-def test_eight_concurrent_worst_case_requests_stay_within_2g(images, model_dir):
+@pytest.mark.parametrize("image", IMAGES, ids=["serving-cpu", "serving-gpu"])
+def test_eight_concurrent_worst_case_requests_stay_within_2g(images, model_dir, image):
     cases = fuzz.worst_cases(LIMITS)
     assert len(cases) == 8 and max(len(c.body) for c in cases) == LIMITS.max_payload + 1
-    with fuzz.Container(SERVING_CPU, model_dir, memory="2g", env=LIMITS.env()) as box:
+    with fuzz.Container(image, model_dir, memory="2g", env=LIMITS.env()) as box:
         box.wait_ready()
         box.wait_predicting()
         with fuzz.PingPoller(box.port) as ping:

@@ -1,4 +1,5 @@
-"""The MMS handler against MMS's own Context objects: batching, statuses, load failures."""
+"""The MMS handler against MMS's own Context objects: batching, statuses, load failures, on
+both runtimes (ONNX Runtime and PyTorch)."""
 
 from __future__ import annotations
 
@@ -7,37 +8,23 @@ import json
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
-from mms.context import Context, RequestProcessor
+from mms.context import Context
 from PIL import Image
 
 import model_artifact
 from serve import handler
-from serve.settings import Settings
+from tests.serving import RUNTIMES, mms_context, service_fixture
+
+service = service_fixture(*RUNTIMES)
+TOLERANCE = {"torch": 1e-5, "onnx": model_artifact.ONNX_TOLERANCE}  # of a probability, against eager PyTorch
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("model")
-    net = model_artifact.build_model("resnet18", 3)
-    prep = model_artifact.Preprocessing.for_image_size(32)
-    model_artifact.save(path, net.state_dict(), model_artifact.Metadata("resnet18", ["ant", "bee", "cat"], prep))
-    return path
-
-
-@pytest.fixture(scope="module")
-def service(model_dir):
-    svc = handler.ClassifierService()
-    svc.initialize(str(model_dir), None, Settings.from_env())
-    return svc
-
-
-def mms_context(model_dir, headers: list[dict]) -> Context:
-    context = Context("model", str(model_dir), None, len(headers), None, "1.1.11")
-    context.request_processor = [RequestProcessor(h) for h in headers]
-    return context
+def model_dir(small_model):
+    return small_model
 
 
 def png(colour=(10, 200, 30), size=(40, 30)) -> bytes:
@@ -82,21 +69,34 @@ def test_images_of_all_requests_go_through_the_model_together(service, model_dir
     assert len(json.loads(bodies[0])["predictions"]) == 3 and len(json.loads(bodies[1])["predictions"]) == 1
 
 
-def test_same_pixels_as_training_evaluation(service, model_dir, tmp_path):
+def test_the_service_runs_on_the_runtime_it_was_given(service):
+    runtime = "onnxruntime" if service.settings.runtime == "onnx" else "torch"
+    assert service.model.name.startswith(f"{runtime} ")
+    probabilities = service.predict([np.zeros((3, 32, 32), np.float32)] * 2)
+    assert probabilities.shape == (2, 3) and probabilities.dtype == np.float32
+    assert np.allclose(probabilities.sum(axis=1), 1, atol=1e-5)
+
+
+def test_same_pixels_and_probabilities_as_training_evaluation(service, model_dir, tmp_path):
+    """The answer equals eager PyTorch on torchvision's eval transform (ONNX Runtime within its tolerance)."""
     from train import data
 
     image_path = tmp_path / "a.jpg"
     Image.effect_noise((300, 200), 60).convert("RGB").save(image_path, quality=90)
-    prep = service.meta.preprocessing
+    model, meta = model_artifact.load(model_dir)
+    prep = meta.preprocessing
     dataset = data.ImageDataset([(image_path, 0)], model_artifact.eval_transform(prep), prep.resize_size)
+    pixels = dataset[0][0]
+    assert np.array_equal(service.transform(model_artifact.decode_image(image_path, prep.resize_size)), pixels.numpy())
     with torch.no_grad():
-        expected = service.model(dataset[0][0].unsqueeze(0)).softmax(1)
+        expected = model(pixels.unsqueeze(0)).softmax(1)[0]
     context = mms_context(model_dir, [{"Content-Type": "image/jpeg"}])
     (body,) = service.handle([{"body": image_path.read_bytes()}], context)
     top = json.loads(body)["predictions"][0]["top_k"]
     got = {p["label"]: p["probability"] for p in top}
-    for i, name in enumerate(service.meta.class_names):
-        assert got[name] == pytest.approx(expected[0, i].item(), abs=1e-5)
+    assert set(got) == set(meta.class_names)
+    for i, name in enumerate(meta.class_names):
+        assert got[name] == pytest.approx(expected[i].item(), abs=TOLERANCE[service.settings.runtime])
 
 
 def test_load_failure_stops_a_single_model_server(tmp_path, monkeypatch):
@@ -116,8 +116,10 @@ def test_load_failure_stops_a_single_model_server(tmp_path, monkeypatch):
         signal.signal(signal.SIGUSR1, previous)
 
 
-def test_preflight_summarises_a_good_model(model_dir):
-    assert handler.preflight(str(model_dir)) == "resnet18 with 3 classes"
+@pytest.mark.parametrize("runtime,name", [("onnx", "onnxruntime"), ("torch", "torch"), ("auto", "onnxruntime")])
+def test_preflight_summarises_a_good_model_and_its_runtime(model_dir, monkeypatch, runtime, name):
+    monkeypatch.setenv("SERVE_RUNTIME", runtime)
+    assert handler.preflight(str(model_dir)).startswith(f"resnet18 with 3 classes on {name} ")
 
 
 def test_our_faults_are_one_line_500s_and_the_worker_keeps_serving(service, model_dir, monkeypatch):
@@ -146,10 +148,13 @@ def test_our_faults_are_one_line_500s_and_the_worker_keeps_serving(service, mode
     ],
 )
 def test_a_broken_gpu_ends_the_worker_but_out_of_memory_does_not(service, model_dir, monkeypatch, error, exits):
+    """Only PyTorch on a GPU can break for good; ONNX Runtime on the CPU answers 500 and keeps serving."""
     exited = []
     monkeypatch.setattr(handler, "_exit_worker", exited.append)
-    monkeypatch.setattr(service, "device", torch.device("cuda", 0))
+    if service.settings.runtime == "torch":
+        monkeypatch.setattr(service.model, "device", torch.device("cuda", 0))
     monkeypatch.setattr(service, "predict", lambda inputs: (_ for _ in ()).throw(error))
     context = mms_context(model_dir, [{"Content-Type": "image/png"}])
     service.handle([{"body": png()}], context)
-    assert bool(exited) == exits and context.get_response_status(0)[0] == 500
+    assert bool(exited) == (exits and service.settings.runtime == "torch")
+    assert context.get_response_status(0)[0] == 500

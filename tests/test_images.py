@@ -43,6 +43,38 @@ def test_images_are_built_with_labels_and_tools(images):
     assert "Python 3.11" in tools.stdout and "pip " in tools.stdout and "/opt/venv/bin/train" in tools.stdout
 
 
+FOUND = "import importlib.util as u, json, sys; print(json.dumps(sorted(m for m in sys.argv[1:] if u.find_spec(m))))"
+SERVING_ONLY = ["serve.server", "serve.handler", "serve.gateway", "serve.runtimes", "model_artifact"]
+SERVING_ONLY += ["mms.model_service_worker", "sagemaker_inference.errors", "numpy", "PIL"]
+NOT_IN_SERVING = ["sagemaker_training", "matplotlib", "scipy", "boto3", "onnx", "onnxscript", "train", "local_mode"]
+
+
+def found(image: str, *modules: str) -> list[str]:
+    """Which of ``modules`` the image's Python can import."""
+    return json.loads(docker("run", "--rm", "--entrypoint", "python", image, "-c", FOUND, *modules).stdout)
+
+
+def test_each_image_installs_only_what_it_runs(images):
+    assert found(SERVING_CPU, "onnxruntime", "torch", "torchvision", *NOT_IN_SERVING) == ["onnxruntime"]
+    # script mode on the GPU image: AWS's scripts use sagemaker_inference's decoder/encoder (scipy)
+    in_gpu = ["scipy", "torch", "torchvision"]
+    assert found(SERVING_GPU, "onnxruntime", "torch", "torchvision", *NOT_IN_SERVING) == in_gpu
+    training = ["torch", "torchvision", "onnx", "onnxscript", "onnxruntime", "sagemaker_training", "matplotlib"]
+    gpu_only = ["sagemaker_inference.decoder", "sagemaker_inference.encoder"]
+    for image, modules in ((SERVING_CPU, SERVING_ONLY), (SERVING_GPU, SERVING_ONLY + gpu_only), (TRAINING, training)):
+        # imported, not only found: none of them misses a dependency that was left out
+        result = docker("run", "--rm", image, "python", "-c", f"import {', '.join(modules)}", check=False)
+        assert result.returncode == 0, f"{image}: {result.stderr[-2000:]}"
+    for image in (SERVING_CPU, SERVING_GPU):  # multi-model-server's Java: the jlink runtime
+        java = docker("run", "--rm", image, "sh", "-c", "command -v java; java -version 2>&1").stdout
+        assert java.startswith("/opt/java/bin/java\n") and 'version "17.' in java, java
+
+
+def test_the_cpu_serving_image_is_small(images):
+    size = int(docker("image", "inspect", SERVING_CPU, "--format", "{{.Size}}").stdout)
+    assert size <= 1.2e9, f"{SERVING_CPU} is {size / 1e9:.2f} GB"  # issue 11's limit; it was 6.47 GB with torch
+
+
 def test_no_ca_certificate_of_the_build_machine_is_in_the_images(images):
     host_cas = [p.read_text().strip() for p in Path("/usr/local/share/ca-certificates").glob("*.crt")]
     for image in (TRAINING, SERVING_CPU):
@@ -108,12 +140,15 @@ def test_serving_image_answers_and_stops_cleanly(images, trained_job, sample_dat
         docker("rm", "-f", cid, check=False)
 
 
-def start_serving(opt_ml: Path, *options: str, port: int | None = None, env: dict | None = None) -> tuple[str, int]:
-    """A serving-cpu container on /opt_ml; returns (container id, host port) once /ping is 200."""
+def start_serving(
+    opt_ml: Path, *options: str, port: int | None = None, env: dict | None = None, image: str = SERVING_CPU
+) -> tuple[str, int]:
+    """A serving container (serving-cpu unless ``image``) on /opt_ml; returns (container id, host port) once
+    /ping is 200."""
     port = port or free_port()
     publish = [] if "--network" in options else ["-p", f"127.0.0.1:{port}:8080"]
     variables = [f"--env={k}={v}" for k, v in (env or {}).items()]
-    cid = docker("run", "-d", *publish, *options, *variables, "-v", f"{opt_ml}:/opt/ml", SERVING_CPU, "serve").stdout
+    cid = docker("run", "-d", *publish, *options, *variables, "-v", f"{opt_ml}:/opt/ml", image, "serve").stdout
     cid = cid.strip()
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -162,6 +197,18 @@ def test_serving_runs_unprivileged_and_cannot_change_its_venv_or_configuration(i
             attempt = docker("exec", "-u", "model-server", cid, "sh", "-c", write, check=False)
             assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, target
         assert predict(port, png_bytes(), "image/png")[0] == 200
+    finally:
+        docker("rm", "-f", cid, check=False)
+
+
+@pytest.mark.parametrize(("image", "runtime"), [(SERVING_CPU, "onnxruntime"), (SERVING_GPU, "torch")])
+def test_each_serving_image_answers_on_its_runtime(images, small_model, tmp_path, image, runtime):
+    """On a CPU: serving-cpu on ONNX Runtime (it has no torch), serving-gpu on PyTorch (it has no onnxruntime)."""
+    cid, port = start_serving(readable_copy(small_model, tmp_path), image=image)
+    try:
+        status, body = predict(port, png_bytes(), "image/png")
+        assert status == 200 and body["predictions"][0]["label"] in {"ant", "bee", "cat"}
+        assert f"ready on {runtime} " in docker("logs", cid).stdout
     finally:
         docker("rm", "-f", cid, check=False)
 

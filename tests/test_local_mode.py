@@ -30,6 +30,7 @@ def test_estimator_trains_in_local_mode(sdk_session, sample_data, tmp_path, capf
         tar.extractall(tmp_path / "model", filter="data")
     _, meta = model_artifact.load(tmp_path / "model")
     assert meta.class_names == ["ball", "box", "cone", "ring"]
+    assert model_artifact.onnx_path(tmp_path / "model", meta).is_file()  # what the CPU serving image runs
     logs = capfd.readouterr().out
     if instances == 2:
         assert logs.count("process group ready: world size 2") == 2
@@ -76,7 +77,7 @@ def test_local_deployment_answers_predictions(sdk_session, trained_job, sample_d
     from local_mode import deploy
 
     with tarfile.open(tmp_path / "model.tar.gz", "w:gz") as tar:
-        for name in ("artifact.json", "model.pt"):
+        for name in (*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES):  # model.onnx for ONNX Runtime
             tar.add(trained_job[0] / "model" / name, arcname=name)
     predictor = deploy.deploy(
         "byoc-classifier-serving-cpu:latest", f"file://{tmp_path / 'model.tar.gz'}", session=sdk_session

@@ -113,7 +113,7 @@ def test_copy_files_takes_the_artifact_and_nothing_else(tmp_path):
         (source / planted).write_text("raise SystemExit('planted code ran')\n")
     (source / "outside").symlink_to("/etc")
     copy = model_artifact.copy_files(source, tmp_path / "copy")
-    assert sorted(p.name for p in copy.iterdir()) == sorted(model_artifact.ARTIFACT_FILES)
+    assert sorted(p.name for p in copy.iterdir()) == sorted([*model_artifact.ARTIFACT_FILES, model_artifact.ONNX_FILE])
     assert model_artifact.load(copy)[1].class_names == ["a", "b"]
 
 
@@ -148,3 +148,35 @@ def test_display_names():
     assert model_artifact.display_name("063.electric-guitar-101") == "electric guitar"
     assert model_artifact.display_name("plain_name") == "plain name"
     assert model_artifact.display_name("007") == "007"
+
+
+NO_TORCH = """
+import sys
+sys.modules.update(torch=None, torchvision=None)  # importing either now fails, as in the CPU serving image
+import numpy as np, onnxruntime
+import model_artifact
+model_dir, photo = sys.argv[1], sys.argv[2]
+meta = model_artifact.load_metadata(model_dir)
+prep = meta.preprocessing
+batch = model_artifact.array_transform(prep)(model_artifact.decode_image(photo, prep.resize_size, 40_000_000))[None]
+session = onnxruntime.InferenceSession(str(model_artifact.onnx_path(model_dir, meta)))
+(probabilities,) = session.run([model_artifact.ONNX_OUTPUT], {model_artifact.ONNX_INPUT: batch})
+model_artifact.copy_files(model_dir, model_dir + "-copy")
+print(probabilities.shape, round(float(probabilities.sum()), 4), "torch" in sys.modules and sys.modules["torch"])
+"""
+
+
+def test_serving_functions_work_without_torch(tmp_path):
+    """What the CPU serving image uses of this module needs neither torch nor torchvision."""
+    import subprocess
+    import sys
+
+    saved(tmp_path / "model")
+    Image.new("RGB", (50, 40), (200, 30, 60)).save(tmp_path / "photo.jpg")
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TORCH, str(tmp_path / "model"), str(tmp_path / "photo.jpg")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["(1,", "3)", "1.0", "None"]
+    assert (tmp_path / "model-copy" / model_artifact.ONNX_FILE).is_file()

@@ -78,6 +78,19 @@ def test_multi_model_endpoints_refuse_script_mode(monkeypatch, tmp_path):
         script_mode.stage(settings(monkeypatch, **env), dlc_model(tmp_path / "model"), tmp_path / "run")
 
 
+def test_an_image_without_torch_refuses_script_mode_naming_the_pytorch_image(monkeypatch, tmp_path):
+    """The CPU image runs ONNX Runtime only; a user's model_fn needs PyTorch."""
+    installed = script_mode.runtimes.installed
+    monkeypatch.setattr(script_mode.runtimes, "installed", lambda module: module != "torch" and installed(module))
+    with pytest.raises(script_mode.ScriptModeError) as refusal:
+        script_mode.stage(settings(monkeypatch, SAGEMAKER_PROGRAM="inference.py"), dlc_model(tmp_path / "model"),
+                          tmp_path / "run")  # fmt: skip
+    reason = str(refusal.value)
+    assert reason.startswith("SAGEMAKER_PROGRAM=inference.py needs PyTorch") and "\n" not in reason
+    assert "byoc-classifier-serving-gpu, which runs on CPU instances too" in reason
+    assert not (tmp_path / "run").exists()  # refused before anything is copied
+
+
 def test_requirements_install_into_a_private_prefix_or_fail_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_NO_INDEX", "1")  # as offline as a container here: nothing to download from

@@ -1,6 +1,7 @@
-"""Serving script mode through SDK v2 local mode and the serving image: ``Model(entry_point=...,
-source_dir=...)`` on a model packed for AWS's PyTorch containers and on ours; requirements
-offline; a link in the model folder."""
+"""Serving script mode through SDK v2 local mode and the PyTorch serving image (serving-gpu, which
+runs on CPUs too): ``Model(entry_point=..., source_dir=...)`` on a model packed for AWS's PyTorch
+containers and on ours; requirements offline; a link in the model folder; and the CPU image
+(ONNX Runtime, no torch) refusing script mode in one line."""
 
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ from tests.serving import png_bytes
 from tests.test_serve_script_mode import EXAMPLE, code_with_requirement, dlc_model
 
 pytestmark = pytest.mark.slow
-SERVING = "byoc-classifier-serving-cpu:latest"
+SERVING = "byoc-classifier-serving-gpu:latest"  # script mode needs PyTorch: not in serving-cpu
+SERVING_CPU = "byoc-classifier-serving-cpu:latest"
 SERVED_BY = "examples/script_mode/inference.py"
 
 
@@ -65,12 +67,12 @@ def test_sdk_script_mode_serves_our_artifact(sdk_session, small_model, tmp_path)
         predictor.delete_endpoint()
 
 
-def serve_container(model: Path, *env: str, timeout: float = 90) -> tuple[int | None, str, float]:
-    """Run ``serve`` with no network; (exit status or None if still running, log, seconds)."""
+def serve_container(model: Path, *env: str, image: str = SERVING, timeout: float = 90) -> tuple[int, str, float]:
+    """Run ``serve`` with no network until it exits; (exit status, log, seconds)."""
     args = [f"--env={e}" for e in env]
     started = time.monotonic()
     run = subprocess.run(["docker", "run", "--rm", "--network", "none", "-v", f"{model}:/opt/ml/model:ro", *args,
-                          SERVING, "serve"], capture_output=True, text=True, timeout=timeout)  # fmt: skip
+                          image, "serve"], capture_output=True, text=True, timeout=timeout)  # fmt: skip
     return run.returncode, run.stdout + run.stderr, time.monotonic() - started
 
 
@@ -87,3 +89,30 @@ def test_script_mode_in_the_container_stops_at_once_with_one_line(images, tmp_pa
     assert status == 1 and seconds < 60, log[-3000:]
     (line,) = [line for line in log.splitlines() if "script mode cannot start" in line]
     assert expected in line and "Traceback" not in log
+
+
+def test_the_cpu_image_refuses_script_mode_in_one_line_naming_the_pytorch_image(images, tmp_path):
+    model = dlc_model(tmp_path / "model")
+    status, log, seconds = serve_container(model, "SAGEMAKER_PROGRAM=inference.py", image=SERVING_CPU)
+    assert status == 1 and seconds < 60, log[-3000:]
+    (line,) = [line for line in log.splitlines() if "script mode cannot start" in line]
+    assert "SAGEMAKER_PROGRAM=inference.py needs PyTorch" in line, line
+    assert "serve script mode with byoc-classifier-serving-gpu, which runs on CPU instances too" in line
+    assert "Traceback" not in log and "pre-flight" not in log
+
+
+@pytest.mark.parametrize(
+    "image,runtime,other",
+    [(SERVING_CPU, "torch", "byoc-classifier-serving-gpu"), (SERVING, "onnx", "byoc-classifier-serving-cpu")],
+    ids=["serving-cpu-torch", "serving-gpu-onnx"],
+)
+def test_an_image_refuses_a_runtime_it_does_not_have_naming_the_image_that_has_it(images, small_model, tmp_path,
+                                                                                  image, runtime, other):  # fmt: skip
+    model = shutil.copytree(small_model, tmp_path / "model")
+    for path in [model, *model.rglob("*")]:  # readable by the server's unprivileged user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    status, log, seconds = serve_container(model, f"SERVE_RUNTIME={runtime}", image=image)
+    assert status == 1 and seconds < 60, log[-3000:]
+    (line,) = [line for line in log.splitlines() if "cannot serve" in line]
+    assert f"SERVE_RUNTIME={runtime} is not installed in this image: use auto, or the image {other}" in line, line
+    assert "Traceback" not in log

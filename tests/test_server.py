@@ -1,4 +1,5 @@
-"""The real server over HTTP: content types, batches, top-k, parity with training, errors."""
+"""The real server over HTTP: content types, batches, top-k, parity with training, errors; on
+both runtimes (``SERVE_RUNTIME`` onnx and torch)."""
 
 from __future__ import annotations
 
@@ -15,20 +16,25 @@ import torch
 from PIL import Image
 
 import model_artifact
-from tests.serving import Server, predict, request
+from tests.serving import RUNTIMES, Server, predict, request
 from train import data
 
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def served(trained_job, tmp_path_factory):
+TOLERANCE = {"torch": 1e-5, "onnx": model_artifact.ONNX_TOLERANCE}  # of a probability, against eager PyTorch
+
+
+@pytest.fixture(scope="module", params=RUNTIMES)
+def served(trained_job, tmp_path_factory, request):
     base = tmp_path_factory.mktemp("serve")
     shutil.copytree(trained_job[0] / "model", base / "model")
     (base / "model" / "model.tar.gz").write_bytes(b"SDK v2 local mode leaves the tarball here")
     server = Server(
-        base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", SERVE_MAX_IMAGES="4", SERVE_MAX_PIXELS="1000000", SERVE_TOP_K="3"
-    )
+        base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", SERVE_MAX_IMAGES="4", SERVE_MAX_PIXELS="1000000", SERVE_TOP_K="3",
+        SERVE_RUNTIME=request.param,
+    )  # fmt: skip
+    server.runtime = request.param
     try:
         server.wait_healthy()
         yield server
@@ -79,7 +85,14 @@ def test_http_gives_the_probabilities_of_training_evaluation(served, sample_data
         assert status == 200
         got = {p["label"]: p["probability"] for p in body["predictions"][0]["top_k"]}
         for label, probability in got.items():
-            assert probability == pytest.approx(expected[meta.class_names.index(label)].item(), abs=1e-5)
+            expected_probability = expected[meta.class_names.index(label)].item()
+            assert probability == pytest.approx(expected_probability, abs=TOLERANCE[served.runtime])
+
+
+def test_the_log_names_the_runtime_each_worker_runs(served):
+    name = {"onnx": "onnxruntime", "torch": "torch"}[served.runtime]
+    assert re.search(rf"pre-flight: resnet18 with 4 classes on {name} \S+ (on cpu )?loads and predicts", served.log)
+    assert re.search(rf"model resnet18 \(4 classes\) ready on {name} ", served.log)
 
 
 def _big_png() -> bytes:

@@ -26,12 +26,14 @@ def wait_exit(server: Server, timeout: float = 60) -> int:
         server.kill_leftovers()
 
 
-def test_a_broken_artifact_stops_the_container_with_the_reason(artifact, tmp_path):
+@pytest.mark.parametrize("runtime,name", [("onnx", model_artifact.ONNX_FILE), ("torch", model_artifact.WEIGHTS_FILE)])
+def test_a_broken_artifact_stops_the_container_with_the_reason(artifact, tmp_path, runtime, name):
+    """The file that the runtime reads was changed after training: its checksum stops the server."""
     shutil.copytree(artifact, tmp_path / "model")
-    with open(tmp_path / "model" / model_artifact.WEIGHTS_FILE, "r+b") as f:
+    with open(tmp_path / "model" / name, "r+b") as f:
         f.seek(1000)
         f.write(b"corrupted")
-    server = Server(tmp_path)
+    server = Server(tmp_path, SERVE_RUNTIME=runtime)
     assert wait_exit(server) == 1
     assert "cannot serve" in server.log and "checksum" in server.log
     assert "Traceback" not in server.log and not mms_processes()
@@ -43,11 +45,27 @@ def test_a_missing_model_stops_the_container(tmp_path):
     assert "artifact.json not found" in server.log
 
 
+def test_an_artifact_without_model_onnx_stops_onnx_runtime_naming_export_onnx(small_model, tmp_path):
+    """An artifact written before ONNX export: one line that says to run export-onnx or use the PyTorch image."""
+    shutil.copytree(small_model, tmp_path / "model")
+    (tmp_path / "model" / model_artifact.ONNX_FILE).unlink()
+    meta = model_artifact.load_metadata(tmp_path / "model")
+    meta.onnx_sha256 = ""
+    model_artifact.write_metadata(tmp_path / "model", meta)
+    server = Server(tmp_path, SERVE_RUNTIME="onnx")
+    assert wait_exit(server) == 1
+    (line,) = [line for line in server.log.splitlines() if "cannot serve" in line]
+    assert "`export-onnx`" in line and "byoc-classifier-serving-gpu" in line, server.log
+    assert "Traceback" not in server.log and not mms_processes()
+
+
 @pytest.mark.parametrize(
     "env,message",
     [
         ({"SAGEMAKER_BIND_TO_PORT": "70000"}, "SAGEMAKER_BIND_TO_PORT='70000' must be between 1 and 65535"),
         ({"SAGEMAKER_MODEL_SERVER_WORKERS": "two"}, "SAGEMAKER_MODEL_SERVER_WORKERS='two' is not an integer"),
+        ({"SERVE_RUNTIME": "tensorrt"}, "SERVE_RUNTIME='tensorrt' must be one of auto, onnx, torch"),
+        ({"SERVE_THREADS": "0"}, "SERVE_THREADS='0' must be between 1 and any"),
     ],
 )
 def test_bad_settings_are_named(tmp_path, env, message):
@@ -95,7 +113,8 @@ def plant_code(model: Path, marker: Path) -> None:
     """Everything a hostile model.tar.gz could use to run code in MMS's workers or at start-up."""
     payload = f"open({str(marker)!r}, 'a').write(__name__ + '\\n')\n"
     for name in ("model_artifact.py", "evil.py", "serve/__init__.py", "serve/handler.py", "code/inference.py",
-                 "code/model_artifact.py", "torch.py", "PIL/__init__.py"):  # fmt: skip
+                 "code/model_artifact.py", "torch.py", "PIL/__init__.py", "onnxruntime.py",
+                 "numpy/__init__.py"):  # fmt: skip
         (model / name).parent.mkdir(parents=True, exist_ok=True)
         (model / name).write_text(payload)
     (model / "evil.py").write_text(payload + "def handle(data, context):\n    return ['pwned']\n")

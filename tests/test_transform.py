@@ -13,15 +13,15 @@ import threading
 
 import pytest
 import torch
-from mms.context import Context, RequestProcessor
 from PIL import Image
 
+import model_artifact
 from local_mode import session as local
 from local_mode import transform
-from serve import codecs, gateway, handler
+from serve import codecs, gateway
 from serve.codecs import DecodeOptions, RequestError
 from serve.settings import Settings
-from tests.serving import free_port, request
+from tests.serving import free_port, mms_context, request, service_fixture
 
 SERVING_IMAGE = "byoc-classifier-serving-cpu:latest"
 OPTIONS = DecodeOptions(max_images=4, max_pixels=10_000, max_request_pixels=25_000, prepare=lambda image: image.size)
@@ -138,17 +138,7 @@ def test_encode_response_answers_one_line_per_input_line_in_order():
 # --- the handler, with MMS's own context ----------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def service(small_model):
-    svc = handler.ClassifierService()
-    svc.initialize(str(small_model), None, Settings.from_env())
-    return svc
-
-
-def mms_context(model_dir, headers: list[dict]) -> Context:
-    context = Context("model", str(model_dir), None, len(headers), None, "1.1.11")
-    context.request_processor = [RequestProcessor(h) for h in headers]
-    return context
+service = service_fixture("auto")  # JSON Lines does not depend on the runtime (tests/test_handler.py runs both)
 
 
 def test_the_handler_answers_json_lines_and_a_bad_body_alone_fails(service, small_model):
@@ -222,7 +212,7 @@ def test_the_gateway_serves_execution_parameters_in_single_model_mode(gateway_al
 def model_tar(small_model, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("transform-model") / "model.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        for name in ("artifact.json", "model.pt"):
+        for name in (*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES):  # model.onnx for ONNX Runtime
             tar.add(small_model / name, arcname=name)
     return f"file://{path}"
 

@@ -251,9 +251,10 @@ def finish(job: Job) -> None:
         metrics={k: v for k, v in final.items() if v is not None},
         hyperparameters=hps,
     )
-    model_artifact.save(job.paths.model_dir, job.net.state_dict(), meta)
+    started = time.perf_counter()
+    model_artifact.save(job.paths.model_dir, job.net.state_dict(), meta)  # model.pt, model.onnx, artifact.json
     metrics.write_report(job.paths.output_data_dir, job.history, final)
-    log.info("model artifact written to %s", job.paths.model_dir)
+    log.info("model artifact written to %s in %.1f s", job.paths.model_dir, time.perf_counter() - started)
 
 
 def setup(args, paths: config.Paths, stop: checkpoint.StopRequest) -> Job:

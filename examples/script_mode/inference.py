@@ -7,7 +7,7 @@ names from ``artifact.json`` (this project's models) or ``labels.txt`` (one per 
 indices. Every answer carries ``"served_by": "examples/script_mode/inference.py"``.
 
     from sagemaker.model import Model
-    Model(image_uri="byoc-classifier-serving-cpu:latest", model_data="file://.../model.tar.gz",
+    Model(image_uri="byoc-classifier-serving-gpu:latest", model_data="file://.../model.tar.gz",
           entry_point="inference.py", source_dir="examples/script_mode", role=ROLE,
           predictor_cls=Predictor).deploy(initial_instance_count=1, instance_type="local")
 """
