@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-stamp
 .PHONY: help venv images base-image wheelhouse push test test-fast lint format demo demo-host serve-demo sample-data bench fuzz clean
 
 help: ## List the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml constraints.txt
 	@# multi-model-server (serving) runs on Java 17
@@ -89,9 +89,24 @@ demo: images ## Build the images, train and deploy in SageMaker local mode on th
 demo-host: venv ## The same training without Docker: `train` on the host, then classify with the artifact
 	$(BIN)/python scripts/demo_host.py
 
-bench: venv ## Print training, loader and serving throughput on this machine
+bench: images ## Print training, loader and serving throughput, and eager PyTorch vs ONNX Runtime serving images
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_latency.py
+	$(BIN)/python bench/serve_runtimes.py
+
+# OpenVINO, for bench/runtimes/compare.py only: pinned here, never in .venv or constraints.txt (the
+# images' pins). torch, torchvision, onnx, onnxscript and onnxruntime come from .venv through a .pth file.
+OPENVINO := openvino==2026.4.1
+.venv-runtimes/.installed-stamp: $(STAMP)
+	test -x .venv-runtimes/bin/python || $(PYTHON) -m venv .venv-runtimes
+	$(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))' \
+		> "$$(.venv-runtimes/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/byoc-dot-venv.pth"
+	.venv-runtimes/bin/python -m pip install -q -c constraints.txt '$(OPENVINO)'
+	touch $@
+
+.PHONY: bench-runtimes
+bench-runtimes: .venv-runtimes/.installed-stamp ## Eager, channels_last, torch.compile, ONNX Runtime, OpenVINO side by side (batch 1, 8)
+	.venv-runtimes/bin/python bench/runtimes/compare.py
 
 fuzz: images ## Fuzz the serving container with 10,000 payloads under -m 2g (model: build/demo/model)
 	test -f build/demo/model/artifact.json || $(BIN)/python scripts/demo_host.py

@@ -53,6 +53,7 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one request batch at a time per worker: parallelism is within the graph
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
+        options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3  # warnings about unused initializers etc. are not the client's business
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.name = f"onnxruntime {onnxruntime.__version__}"

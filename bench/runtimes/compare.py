@@ -5,7 +5,7 @@
 
 Needs torch + torchvision (the model and the eager baseline), onnx + onnxscript (the
 exporter), onnxruntime and openvino; a runtime that is missing is skipped and said so.
-Meant for a separate venv (e.g. /tmp/rt-venv), never the project's .venv.
+Meant for .venv-runtimes (``make bench-runtimes`` makes it), never the project's .venv.
 
 What it does:
 
@@ -13,12 +13,15 @@ What it does:
    amx_bf16/amx_tile) and the versions.
 2. Builds ResNet18 with 257 classes (random weights, seed 0) or loads ``--model DIR`` (a
    model folder of this project), and the inputs: real photos (``--photos``) decoded with
-   ``model_artifact.decode_image`` and transformed with ``model_artifact.eval_transform``,
-   or generated images when none are found. The same 8 images are the batch of 8; the first
+   ``model_artifact.decode_image`` and transformed with ``model_artifact.array_transform``
+   (what serving applies; equal bit for bit to ``eval_transform``), or generated images
+   when none are found. The same 8 images are the batch of 8; the first
    one is the batch of 1.
 3. Exports ONNX (the dynamo exporter, then the legacy TorchScript one if it fails; dynamic
    batch) and OpenVINO IR (``openvino.convert_model`` of the ONNX file, saved with
-   ``compress_to_fp16=False``: ``save_model``'s default would store fp16 weights).
+   ``compress_to_fp16=False``: ``save_model``'s default would store fp16 weights); and
+   the file that serving runs, ``model_artifact.export_onnx``'s (softmax included), in
+   ``serve.runtimes.OnnxModel``'s session: the ``onnxruntime as served`` row.
 4. Measures every variant with the same thread count, interleaved in ``--rounds`` rounds
    (each round runs each variant's share of iterations after 2 untimed ones), so that
    the load of other processes on the machine spreads over all variants alike: p50/p90
@@ -86,12 +89,10 @@ def cpu_info() -> str:
 
 
 def load_inputs(photos: list[str], prep, count: int = 8):
-    """(batch of ``count`` preprocessed images as a float32 tensor, their names)."""
-    import torch
-
+    """(batch of ``count`` preprocessed images as a float32 array, their names)."""
     import model_artifact
 
-    transform = model_artifact.eval_transform(prep)
+    transform = model_artifact.array_transform(prep)
     files = []
     for folder in photos:
         folder = Path(folder)
@@ -118,7 +119,7 @@ def load_inputs(photos: list[str], prep, count: int = 8):
         array = rng.integers(0, 256, (300 + 10 * len(tensors), 400, 3), dtype=np.uint8)
         tensors.append(transform(Image.fromarray(array)))
         names.append(f"noise{len(tensors)}")
-    return torch.stack(tensors), names
+    return np.stack(tensors), names
 
 
 @dataclass
@@ -265,6 +266,26 @@ def ort_variants(onnx_path: Path, threads: int) -> list[Variant]:
         session(f"onnxruntime intra_op={threads} sequential", "ORT_ENABLE_ALL", pinned),
         session(f"onnxruntime intra_op={threads} no spinning", "allow_spinning=0", no_spin),
     ]
+
+
+def served_variant(model, prep, out: Path, threads: int) -> Variant:
+    """``model_artifact.export_onnx``'s file (as training writes it) in ``serve.runtimes.OnnxModel``."""
+    import model_artifact
+    from serve.runtimes import OnnxModel
+
+    started = time.perf_counter()
+    folder = out / "served"
+    folder.mkdir(exist_ok=True)
+    meta = model_artifact.Metadata("resnet18", [], prep)
+    meta.onnx_sha256 = model_artifact.export_onnx(_copy(model), prep, folder / model_artifact.ONNX_FILE)
+    served = OnnxModel(str(folder), meta, threads)
+
+    def run(x: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore"):
+            return np.log(served.predict(x))  # probabilities; the log's softmax gives them back
+
+    return Variant("onnxruntime as served", run, "model_artifact.export_onnx + serve.runtimes",
+                   setup_s=time.perf_counter() - started)  # fmt: skip
 
 
 def openvino_variants(ir_path: Path, threads: int, image_size: int) -> list[Variant]:
@@ -475,7 +496,7 @@ def main() -> None:
         prep, label = model_artifact.Preprocessing.for_image_size(224), "resnet18, random weights (seed 0), 257 classes"
     args.image_size = prep.image_size
     inputs, names = load_inputs(args.photos, prep)
-    x8 = np.ascontiguousarray(inputs.numpy())
+    x8 = np.ascontiguousarray(inputs)
     x1 = np.ascontiguousarray(x8[:1])
     print(f"model: {label}, {prep.image_size} px; inputs: {', '.join(names)}; threads {args.threads}")
 
@@ -495,6 +516,7 @@ def main() -> None:
     if onnx_path:
         try:
             variants += ort_variants(onnx_path, args.threads)
+            variants.append(served_variant(model, prep, out, args.threads))
         except ImportError as exc:
             print(f"onnxruntime: skipped ({exc})")
         try:

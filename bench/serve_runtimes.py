@@ -1,0 +1,321 @@
+"""Eager PyTorch against ONNX Runtime through the real server: issue 11's speed criteria.
+
+    python bench/serve_runtimes.py [--requests 120] [--clients 8] [--starts 3] [--host]
+                                   [--images GPU_IMAGE CPU_IMAGE]
+
+Builds a seeded resnet18 (224 px, 257 classes) with ``model_artifact.save`` (model.pt and
+model.onnx) and serves it with each runtime: the GPU serving image (eager PyTorch on a host
+without a GPU) and the CPU serving image (ONNX Runtime), under ``--cpus 2``; with ``--host``,
+this venv's ``serve`` with SERVE_RUNTIME=torch and onnx. Times start to the first 200 of
+/invocations (median of ``--starts``, one server at a time), then with both servers up,
+round after round, one 500x375 JPEG to each over HTTP and the same body through
+serve.handler's decode + preprocess + forward + encode in this process (same runtime and
+threads); then that in-process p50 again inside each container (its CPU limit and
+libraries), the baseline of the HTTP overhead (``--host``: this process's); last, images/s
+with ``--clients`` concurrent clients, in bursts that take turns between the servers. All
+interleaved, so that the load of other processes on the machine spreads over all alike.
+Prints a table and the ratios against eager PyTorch from this same run, PASS or MISS; never
+asserts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import io
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import model_artifact
+
+IMAGES = ("byoc-classifier-serving-gpu:latest", "byoc-classifier-serving-cpu:latest")
+RUNTIMES = ("torch", "onnx")  # what each image runs on a host without a GPU
+
+
+def cpu_model() -> str:
+    text = Path("/proc/cpuinfo").read_text()
+    name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
+    flags = set(text.split())
+    isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx512_vnni", "amx_tile"))
+    return f"CPU: {name}, {os.cpu_count()} logical CPUs; {isa}; load average {os.getloadavg()[0]:.2f}"
+
+
+def make_artifact(base: Path) -> Path:
+    import torch
+
+    torch.manual_seed(0)
+    net = model_artifact.build_model("resnet18", 257)
+    meta = model_artifact.Metadata(
+        "resnet18", [f"class {i}" for i in range(257)], model_artifact.Preprocessing.for_image_size(224)
+    )
+    model = model_artifact.save(base / "model", net.state_dict(), meta)
+    for path in [base, model, *model.rglob("*")]:  # the container serves as an unprivileged user
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return model
+
+
+def photo() -> bytes:
+    """A 500x375 JPEG, the typical size of a Caltech-256 photo."""
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.effect_noise((500, 375), 40).convert("RGB").save(out, "JPEG", quality=90)
+    return out.getvalue()
+
+
+def free_port() -> int:
+    """A free port below Linux's ephemeral range, so that no outgoing connection takes it meanwhile."""
+    for port in random.sample(range(20000, 32000), 200):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return port
+    raise RuntimeError("no free port")
+
+
+def invoke(connection: http.client.HTTPConnection, body: bytes, check: bool = True) -> int:
+    connection.request("POST", "/invocations", body, {"Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    response.read()
+    if check and response.status != 200:
+        raise RuntimeError(f"/invocations answered {response.status}")
+    return response.status
+
+
+def start_container(image: str, model: Path, port: int, args) -> tuple:
+    command = ["docker", "run", "-d", "--cpus", str(args.threads), "-p", f"127.0.0.1:{port}:8080"]
+    command += ["-e", f"SERVE_THREADS={args.threads}", "-v", f"{model}:/opt/ml/model:ro"]
+    command += ["-e", f"SAGEMAKER_MODEL_SERVER_WORKERS={args.workers}"] if args.workers else []
+    command += [image, "serve"]
+    cid = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
+    logs = lambda: subprocess.run(["docker", "logs", cid], capture_output=True, text=True).stdout  # noqa: E731
+    return lambda: subprocess.run(["docker", "rm", "-f", cid], capture_output=True), logs, cid
+
+
+def start_host(runtime: str, model: Path, port: int, args) -> tuple:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "SERVE_"))}
+    env |= {"SAGEMAKER_BASE_DIR": str(model.parent), "SAGEMAKER_BIND_TO_PORT": str(port)}
+    env |= {"SERVE_RUNTIME": runtime, "SERVE_THREADS": str(args.threads)}
+    log = model.parent / f"serve-{runtime}.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([Path(sys.executable).parent / "serve"], env=env, cwd=model.parent,
+                                   stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
+
+    def stop() -> None:
+        os.killpg(process.pid, signal.SIGTERM)  # its own session: the frontend and its workers
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    return stop, log.read_text, None
+
+
+def start(target: str, model: Path, body: bytes, args) -> tuple:
+    """Start ``target``; (seconds to the first 200 of /invocations, stop(), logs(), port, container id)."""
+    port, started = free_port(), time.perf_counter()
+    stop, logs, cid = (start_host if args.host else start_container)(target, model, port, args)
+    while time.perf_counter() - started < 180:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            if invoke(connection, body, check=False) == 200:
+                return time.perf_counter() - started, stop, logs, port, cid
+        except (OSError, http.client.HTTPException):
+            pass
+        finally:
+            connection.close()
+        time.sleep(0.02)
+    print(logs()[-3000:])
+    stop()
+    raise SystemExit(f"{target}: no 200 from /invocations within 180 s")
+
+
+def cold_starts(row: dict, model: Path, body: bytes, args) -> None:
+    """Start ``row``'s server ``args.starts`` times, timed one at a time; the last one keeps running."""
+    row["starts"] = []
+    for i in range(args.starts):
+        seconds, row["stop"], row["logs"], row["port"], row["cid"] = start(row["launch"], model, body, args)
+        row["starts"].append(seconds)
+        if i < args.starts - 1:
+            row["stop"]()
+    row["start"] = statistics.median(row["starts"])
+    lines = row["logs"]().splitlines()
+    row["served_on"] = next((line.split("ready on ", 1)[1] for line in lines if "ready on " in line), "?")
+
+
+def in_process(model: Path, runtime: str, body: bytes, args):
+    """serve.handler's decode + preprocess + forward + encode of ``body`` in this process, as a function."""
+    os.environ |= {"SERVE_RUNTIME": runtime, "SERVE_THREADS": str(args.threads)}
+    from serve import codecs
+    from serve.handler import ClassifierService
+    from serve.settings import Settings
+
+    service = ClassifierService()
+    service.initialize(str(model), None, Settings.from_env())
+
+    def once() -> None:
+        request = codecs.decode(body, "image/jpeg", service.options)
+        codecs.encode_response(request, service.predict(request.inputs), service.meta.class_names, 5)
+
+    return once, service.model.name
+
+
+INSIDE = """
+import statistics, sys, time
+from serve import codecs
+from serve.handler import ClassifierService
+from serve.settings import Settings
+body, times = sys.stdin.buffer.read(), []
+service = ClassifierService()
+service.initialize("/opt/ml/model", None, Settings.from_env())
+for i in range(int(sys.argv[1]) + 10):
+    time.sleep(0.05)
+    started = time.perf_counter()
+    request = codecs.decode(body, "image/jpeg", service.options)
+    codecs.encode_response(request, service.predict(request.inputs), service.meta.class_names, 5)
+    times.append((time.perf_counter() - started) * 1000)
+print(statistics.median(times[10:]))
+"""
+
+
+def in_container(cid: str, body: bytes, requests: int) -> float:
+    """p50 ms of the same in-process work inside the serving container (its CPU limit, its
+    libraries), while its server idles: the baseline of the HTTP overhead."""
+    command = ["docker", "exec", "-i", cid, "python", "-c", INSIDE, str(requests)]
+    return float(subprocess.run(command, input=body, capture_output=True, check=True).stdout)
+
+
+def interleaved(rows: list[dict], body: bytes, requests: int) -> None:
+    """p50/p99 of 1 client over HTTP and p50 in process, each runtime in turn within every round."""
+    connections = [http.client.HTTPConnection("127.0.0.1", row["port"], timeout=60) for row in rows]
+    times: dict[tuple[int, str], list[float]] = {}
+    for i in range(requests + 10):  # the first 10 rounds warm up
+        for n, (row, connection) in enumerate(zip(rows, connections, strict=True)):
+            for kind, call in (("http", lambda c=connection: invoke(c, body)), ("inproc", row["once"])):
+                time.sleep(0.05)  # the last call's spinning threads (ORT's, OpenMP's) go back to sleep
+                started = time.perf_counter()
+                call()
+                if i >= 10:
+                    times.setdefault((n, kind), []).append((time.perf_counter() - started) * 1000)
+    for n, row in enumerate(rows):
+        http_ms = sorted(times[n, "http"])
+        row["p50"], row["p99"] = statistics.median(http_ms), http_ms[min(len(http_ms) - 1, int(len(http_ms) * 0.99))]
+        row["inproc"] = statistics.median(times[n, "inproc"])
+        row["best"] = http_ms[0] - min(times[n, "inproc"])  # least touched by other processes' load
+
+
+def burst(port: int, body: bytes, clients: int, each: int) -> tuple[int, float]:
+    """(images, seconds) of ``clients`` keep-alive connections sending ``each`` requests at once."""
+    ready = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        invoke(connection, body)
+        ready.wait()
+        for _ in range(each):
+            invoke(connection, body)
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    ready.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return each * clients, time.perf_counter() - started
+
+
+def throughput(rows: list[dict], body: bytes, args, rounds: int = 5) -> None:
+    """Images/s of ``args.clients`` clients, in bursts that take turns between the servers."""
+    each = max(2, args.requests // args.clients // rounds)
+    totals = [[0, 0.0] for _ in rows]
+    for _ in range(rounds):
+        for row, total in zip(rows, totals, strict=True):
+            images, seconds = burst(row["port"], body, args.clients, each)
+            total[0], total[1] = total[0] + images, total[1] + seconds
+    for row, (images, seconds) in zip(rows, totals, strict=True):
+        row["ips"] = images / seconds
+
+
+def image_size(image: str) -> str:
+    inspect = subprocess.run(["docker", "image", "inspect", "-f", "{{.Size}}", image], capture_output=True, text=True)
+    return f"{int(inspect.stdout) / 1e6:.0f} MB" if inspect.returncode == 0 else "absent"
+
+
+def verdict(value: float, target: float, higher_is_better: bool = False) -> str:
+    return "PASS" if (value >= target if higher_is_better else value <= target) else "MISS"
+
+
+def report(rows: list[dict], args) -> None:
+    print(f"\n{'runtime':8s} {'served by':36s} {'start s':>7s} {'p50 ms':>7s} {'p99 ms':>7s} "
+          f"{f'img/s@{args.clients}':>9s} {'in-proc p50':>11s} {'HTTP +ms':>8s}  served on")  # fmt: skip
+    for r in rows:
+        print(f"{r['runtime']:8s} {r['target']:36s} {r['start']:7.2f} {r['p50']:7.1f} {r['p99']:7.1f} "
+              f"{r['ips']:9.1f} {r['inproc']:11.1f} {r['p50'] - r['inproc']:+8.1f}  {r['served_on']} "
+              f"(in process: {r['inproc_on']}; starts {', '.join(f'{s:.2f}' for s in r['starts'])} s)")  # fmt: skip
+    torch, onnx = rows
+    latency, speed, overhead = onnx["p50"] / torch["p50"], onnx["ips"] / torch["ips"], onnx["p50"] - onnx["inproc"]
+    print(f"\np50 at 1 client, ONNX / eager: {latency:.2f}x (target <= 0.7x) {verdict(latency, 0.7)}")
+    print(
+        f"throughput at {args.clients} clients, ONNX / eager: {speed:.2f}x (target >= 1.4x) {verdict(speed, 1.4, True)}"
+    )
+    print(f"HTTP overhead of ONNX over its in-process p50: {overhead:+.1f} ms (target <= 5 ms) {verdict(overhead, 5)}; "
+          f"fastest HTTP minus fastest in process: {onnx['best']:+.1f} ms")  # fmt: skip
+    where = " (host serve: the criterion is the container's)" if args.host else ""
+    for r in rows:
+        print(f"start to first 200 of /invocations, {r['target']}{where}, median of {len(r['starts'])}: "
+              f"{r['start']:.2f} s (target <= 5 s) {verdict(r['start'], 5)}")  # fmt: skip
+    for image in args.images:
+        print(f"image size {image}: {image_size(image)}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=120, help="1-client requests per server (and concurrent ones)")
+    parser.add_argument("--clients", type=int, default=8)
+    parser.add_argument("--starts", type=int, default=3, help="cold starts per runtime (the median is printed)")
+    parser.add_argument("--threads", type=int, default=2, help="--cpus of the containers and SERVE_THREADS")
+    parser.add_argument("--workers", type=int, default=0, help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
+    parser.add_argument("--images", nargs=2, default=IMAGES, metavar=("EAGER_IMAGE", "ONNX_IMAGE"))
+    parser.add_argument("--host", action="store_true", help="serve of this venv instead of containers")
+    args = parser.parse_args()
+    missing = [image for image in args.images if not args.host and image_size(image) == "absent"]
+    if missing:
+        raise SystemExit(f"{', '.join(missing)}: not built; run `make images`, or use --host")
+    print(cpu_model())
+    if os.getloadavg()[0] > 0.5:
+        print("other processes are running: the figures swing with their load (the ratios, interleaved, less so)")
+    body = photo()
+    with tempfile.TemporaryDirectory(prefix="bench-runtimes-") as tmp:
+        model = make_artifact(Path(tmp))
+        launch = RUNTIMES if args.host else args.images
+        names = [f"host serve SERVE_RUNTIME={r}" for r in RUNTIMES] if args.host else args.images
+        rows = [{"target": t, "launch": x, "runtime": r} for t, x, r in zip(names, launch, RUNTIMES, strict=True)]
+        try:
+            for row in rows:
+                cold_starts(row, model, body, args)
+                row["once"], row["inproc_on"] = in_process(model, row["runtime"], body, args)
+            load = os.getloadavg()[0]
+            interleaved(rows, body, args.requests)
+            for row in rows if not args.host else []:
+                row["inproc"] = in_container(row["cid"], body, args.requests)
+            throughput(rows, body, args)
+            print(f"load average {load:.2f} before the measurements (theirs included), {os.getloadavg()[0]:.2f} after")
+        finally:
+            for row in rows:
+                row.get("stop", lambda: None)()
+    report(rows, args)
+
+
+if __name__ == "__main__":
+    main()
