@@ -46,7 +46,7 @@ class ScriptService:
     def initialize(self, model_dir: str, gpu_id: int | None, settings: Settings, context=None) -> None:
         """Import the user's module, load the model, warm it up where our decoder makes an input."""
         started, self.context = time.perf_counter(), context
-        import torch  # script mode runs on the PyTorch image only; the CPU image refuses it (serve.server)
+        import torch  # script mode runs on the PyTorch image only; the CPU image refuses it (serve.script_mode)
 
         from serve import defaults
 
