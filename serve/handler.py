@@ -22,16 +22,11 @@ import numpy as np
 from PIL import Image
 
 import model_artifact
-from serve import codecs, runtimes, script_service
+from serve import codecs, mms, runtimes, script_service
 from serve.settings import Settings
 
 log = logging.getLogger("serve.handler")
 SERVER_PID_ENV = "SERVE_SERVER_PID"  # set by serve.server: a failed load stops the server
-
-
-def _header(context, idx: int, name: str) -> str | None:
-    headers = context.get_all_request_header(idx) or {}
-    return next((v for k, v in headers.items() if str(k).lower() == name), None)
 
 
 class ClassifierService:
@@ -85,11 +80,12 @@ class ClassifierService:
         decoded: dict[int, codecs.Request] = {}
         for idx, request in enumerate(requests):
             context.set_response_content_type(idx, codecs.JSON)
+            headers = mms.request_headers(context, idx)
             try:
-                codecs.check_accept(_header(context, idx, "accept"), _header(context, idx, "content-type"))
+                codecs.check_accept(headers.get("accept"), headers.get("content-type"))
                 body = request.get("body") if isinstance(request, dict) else None
-                decoded[idx] = codecs.decode(body, _header(context, idx, "content-type"), self.options)
-                attribute_k = codecs.top_k_from_attributes(_header(context, idx, codecs.CUSTOM_ATTRIBUTES))
+                decoded[idx] = codecs.decode(body, headers.get("content-type"), self.options)
+                attribute_k = codecs.top_k_from_attributes(headers.get(codecs.CUSTOM_ATTRIBUTES))
                 decoded[idx].top_k = decoded[idx].top_k or attribute_k
             except codecs.RequestError as exc:
                 bodies[idx] = self._error(context, idx, exc.status, exc.reason)

@@ -127,3 +127,8 @@ def parse(raw: bytes) -> dict:
     except (ValueError, RecursionError):
         return {"message": raw.decode(errors="replace")}
     return answer if isinstance(answer, dict) else {"message": str(answer)}
+
+
+def request_headers(context, idx: int) -> dict[str, str]:
+    """Request ``idx``'s headers as an MMS worker's context holds them, names lowercased."""
+    return {str(k).lower(): str(v) for k, v in (context.get_all_request_header(idx) or {}).items()}

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from serve import codecs, user_module
+from serve import codecs, mms, user_module
 from serve.settings import Settings
 
 log = logging.getLogger("serve.script")
@@ -34,10 +34,6 @@ UTF8_TYPES = ("application/json", "text/csv")  # handed to a user's input_fn as 
 def enabled() -> bool:
     """Whether the server started this worker in script mode."""
     return bool(os.environ.get(CODE_DIR_ENV))
-
-
-def _headers(context, idx: int) -> dict[str, str]:
-    return {str(k).lower(): str(v) for k, v in (context.get_all_request_header(idx) or {}).items()}
 
 
 class ScriptService:
@@ -93,7 +89,7 @@ class ScriptService:
         return [self._handle_one(idx, request, context) for idx, request in enumerate(requests)]
 
     def _handle_one(self, idx: int, request: dict, context):
-        headers = self.defaults.headers = _headers(context, idx)
+        headers = self.defaults.headers = mms.request_headers(context, idx)
         content_type = headers.get("content-type", "")
         accept = headers.get("accept", "").strip()
         accept = self.default_accept if accept in ("", "*/*") else accept
