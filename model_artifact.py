@@ -11,7 +11,7 @@ A model directory (SageMaker's ``/opt/ml/model``, tarred to model.tar.gz) holds:
   ``model.onnx``.
 
 This module also owns image decoding and the evaluation transform (torchvision's for
-training, ``array_transform`` without torch for serving, equal bit for bit), so that the
+training, ``ArrayTransform`` without torch for serving, equal bit for bit), so that the
 pixels a served image becomes are exactly the pixels training evaluated. It imports nothing
 from training code, and torch only inside the functions that need it.
 """
@@ -262,9 +262,14 @@ def onnx_path(model_dir: str | os.PathLike, meta: Metadata) -> Path:
 
 def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     """Load (model in eval mode, metadata); verifies the checksum, never unpickles code."""
+    meta = load_metadata(model_dir)
+    return load_network(model_dir, meta, device), meta
+
+
+def load_network(model_dir: str | os.PathLike, meta: Metadata, device: str | torch.device = "cpu"):
+    """The network of an artifact whose metadata is ``meta``, in eval mode on ``device``."""
     import torch
 
-    meta = load_metadata(model_dir)
     weights = verified_file(model_dir, WEIGHTS_FILE, meta.weights_sha256)
     state = torch.load(weights, map_location="cpu", weights_only=True)
     model = build_model(meta.architecture, meta.num_classes)
@@ -273,7 +278,7 @@ def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):
     except RuntimeError as exc:
         first_line = str(exc).splitlines()[0]
         raise ArtifactError(f"weights do not fit {meta.architecture}: {first_line}") from exc
-    return model.to(device).eval(), meta
+    return model.to(device).eval()
 
 
 def copy_files(source: str | os.PathLike, target: str | os.PathLike) -> Path:
@@ -416,11 +421,6 @@ class ArrayTransform:
         for channel in range(3):
             np.take(self.table[channel], pixels[:, :, channel], out=out[channel])
         return out
-
-
-def array_transform(prep: Preprocessing) -> ArrayTransform:
-    """What serving applies to a decoded image: ``eval_transform``'s result as a numpy array."""
-    return ArrayTransform(prep)
 
 
 def _sha256(path: Path) -> str:

@@ -4,7 +4,7 @@
 a CPU worker where it is installed (the CPU serving image has nothing else), PyTorch
 otherwise (a GPU worker; the GPU image, which has no onnxruntime, on a CPU instance).
 ``gpu_id`` is what MMS hands a worker: None unless the server counted GPUs. Both
-take the same preprocessed float32 batch (``model_artifact.array_transform``) and return
+take the same preprocessed float32 batch (``model_artifact.ArrayTransform``) and return
 class probabilities as a float32 numpy array, one row per image. On 2 CPUs ONNX Runtime
 answers a 224 px ResNet18 image in about two thirds of eager PyTorch's time (``make bench``).
 """
@@ -72,7 +72,7 @@ class OnnxModel:
 class TorchModel:
     """``model.pt`` in eager PyTorch, on the worker's GPU or on the CPU with ``threads`` threads."""
 
-    def __init__(self, model_dir: str, gpu_id: int | None, threads: int):
+    def __init__(self, model_dir: str, meta: model_artifact.Metadata, gpu_id: int | None, threads: int):
         import torch
 
         use_gpu = gpu_id is not None and torch.cuda.is_available()
@@ -80,7 +80,7 @@ class TorchModel:
         self.device = torch.device("cuda", int(gpu_id)) if use_gpu else torch.device("cpu")
         if self.device.type == "cpu":
             torch.set_num_threads(threads)
-        self.model, _ = model_artifact.load(model_dir, self.device)
+        self.model = model_artifact.load_network(model_dir, meta, self.device)
         self.name = f"torch {torch.__version__} on {self.device}"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
@@ -101,4 +101,4 @@ def load(model_dir: str, gpu_id: int | None, runtime: str, threads: int):
     meta = model_artifact.load_metadata(model_dir)
     if choose(runtime, gpu_id is not None) == "onnx":
         return OnnxModel(model_dir, meta, threads), meta
-    return TorchModel(model_dir, gpu_id, threads), meta
+    return TorchModel(model_dir, meta, gpu_id, threads), meta

@@ -158,7 +158,7 @@ import model_artifact
 model_dir, photo = sys.argv[1], sys.argv[2]
 meta = model_artifact.load_metadata(model_dir)
 prep = meta.preprocessing
-batch = model_artifact.array_transform(prep)(model_artifact.decode_image(photo, prep.resize_size, 40_000_000))[None]
+batch = model_artifact.ArrayTransform(prep)(model_artifact.decode_image(photo, prep.resize_size, 40_000_000))[None]
 session = onnxruntime.InferenceSession(str(model_artifact.onnx_path(model_dir, meta)))
 (probabilities,) = session.run([model_artifact.ONNX_OUTPUT], {model_artifact.ONNX_INPUT: batch})
 model_artifact.copy_files(model_dir, model_dir + "-copy")

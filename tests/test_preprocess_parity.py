@@ -1,4 +1,4 @@
-"""Serving without torch equals training's evaluation: ``array_transform`` against
+"""Serving without torch equals training's evaluation: ``ArrayTransform`` against
 ``eval_transform`` bit for bit, and ONNX Runtime against PyTorch on the same photos."""
 
 from __future__ import annotations
@@ -142,7 +142,7 @@ VARIANTS = {
 
 def assert_equal_transforms(prep: Preprocessing, image: Image.Image, where: str) -> None:
     expected = model_artifact.eval_transform(prep)(image).numpy()
-    got = model_artifact.array_transform(prep)(image)
+    got = model_artifact.ArrayTransform(prep)(image)
     assert got.dtype == np.float32 and got.shape == (3, prep.image_size, prep.image_size), where
     assert expected.shape == got.shape, where
     if not np.array_equal(got, expected):
@@ -204,7 +204,7 @@ def test_array_transform_equals_eval_transform_on_the_sample_data(sample_data, s
 def test_odd_margin_variants_round_half_to_even(image_size):
     """The odd-margin variants' crops start at 16.5 and 17.5 pixels (else they test nothing): at 16 and 18."""
     prep = Preprocessing.for_image_size(image_size)
-    transform = model_artifact.array_transform(prep)
+    transform = model_artifact.ArrayTransform(prep)
     for name, top in (("short=resize, margin 16.5", 16), ("short=resize, margin 17.5", 18)):
         image = model_artifact.decode_image(VARIANTS[name][0](prep), prep.resize_size, MAX_PIXELS)
         assert transform.resize(image) is image  # already at resize_size: not resized
@@ -232,7 +232,7 @@ def onnx_probabilities(path: Path, prep: Preprocessing, images: list[Image.Image
     import onnxruntime
 
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    transform = model_artifact.array_transform(prep)
+    transform = model_artifact.ArrayTransform(prep)
     arrays = np.stack([transform(image) for image in images])
     feeds = [arrays[i : i + batch] for i in range(0, len(arrays), batch)]
     return np.concatenate([session.run([model_artifact.ONNX_OUTPUT], {model_artifact.ONNX_INPUT: x})[0] for x in feeds])

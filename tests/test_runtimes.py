@@ -86,7 +86,7 @@ def torch_model(small_model):
 
 def batch(size: int, seed: int = 0) -> np.ndarray:
     """``size`` noise photos through serving's preprocessing (32 px), as the handler stacks them."""
-    transform = model_artifact.array_transform(model_artifact.Preprocessing.for_image_size(32))
+    transform = model_artifact.ArrayTransform(model_artifact.Preprocessing.for_image_size(32))
     rng = np.random.default_rng(seed)
     images = [Image.fromarray(rng.integers(0, 256, (48 + 7 * i, 40, 3), dtype=np.uint8)) for i in range(size)]
     return np.stack([transform(image) for image in images])
@@ -130,9 +130,9 @@ def test_the_thread_setting_reaches_the_onnx_session(small_model):
 def test_the_thread_setting_reaches_pytorch_on_the_cpu(small_model):
     before = torch.get_num_threads()
     try:
-        runtimes.TorchModel(str(small_model), None, threads=1)
+        runtimes.TorchModel(str(small_model), model_artifact.load_metadata(small_model), None, threads=1)
         assert torch.get_num_threads() == 1
-        runtimes.TorchModel(str(small_model), None, threads=2)
+        runtimes.TorchModel(str(small_model), model_artifact.load_metadata(small_model), None, threads=2)
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)

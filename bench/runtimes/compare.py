@@ -13,7 +13,7 @@ What it does:
    amx_bf16/amx_tile) and the versions.
 2. Builds ResNet18 with 257 classes (random weights, seed 0) or loads ``--model DIR`` (a
    model folder of this project), and the inputs: real photos (``--photos``) decoded with
-   ``model_artifact.decode_image`` and transformed with ``model_artifact.array_transform``
+   ``model_artifact.decode_image`` and transformed with ``model_artifact.ArrayTransform``
    (what serving applies; equal bit for bit to ``eval_transform``), or generated images
    when none are found. The same 8 images are the batch of 8; the first
    one is the batch of 1.
@@ -92,7 +92,7 @@ def load_inputs(photos: list[str], prep, count: int = 8):
     """(batch of ``count`` preprocessed images as a float32 array, their names)."""
     import model_artifact
 
-    transform = model_artifact.array_transform(prep)
+    transform = model_artifact.ArrayTransform(prep)
     files = []
     for folder in photos:
         folder = Path(folder)
@@ -444,7 +444,7 @@ def table(variants: list[Variant]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="a model folder of this project (artifact.json + model.pt)")
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads for every runtime")
@@ -461,10 +461,11 @@ def main() -> None:
     parser.add_argument("--omp-wait-policy", choices=("unset", "PASSIVE", "ACTIVE"), default="unset",
                         help="OMP_WAIT_POLICY for torch's OpenMP threads (read when torch loads; ORT and OpenVINO "
                              "have their own thread pools)")  # fmt: skip
-    args = parser.parse_args()
-    if args.omp_wait_policy != "unset":
-        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    return parser.parse_args()
 
+
+def print_environment(args) -> None:
+    """The CPU, the load and every runtime's version (torch is imported here, after OMP_WAIT_POLICY)."""
     info = cpu_info()
     args.has_bf16 = "fast bf16): yes" in info
     print(info)
@@ -472,11 +473,8 @@ def main() -> None:
         f"python {platform.python_version()}, load average {os.getloadavg()[0]:.2f} at start, "
         f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}"
     )
-
     import torch
     import torchvision
-
-    import model_artifact
 
     torch.set_num_threads(args.threads)
     versions = [f"torch {torch.__version__}", f"torchvision {torchvision.__version__}", f"numpy {np.__version__}"]
@@ -487,22 +485,24 @@ def main() -> None:
             versions.append(f"{module} MISSING")
     print(", ".join(versions))
 
+
+def load_model(args):
+    """(model, preprocessing, label): ``--model``'s artifact, or a seeded resnet18 with 257 classes."""
+    import torch
+
+    import model_artifact
+
     if args.model:
         model, meta = model_artifact.load(args.model)
-        prep, label = meta.preprocessing, f"{meta.architecture} from {args.model}, {meta.num_classes} classes"
-    else:
-        torch.manual_seed(0)
-        model = model_artifact.build_model("resnet18", 257).eval()
-        prep, label = model_artifact.Preprocessing.for_image_size(224), "resnet18, random weights (seed 0), 257 classes"
-    args.image_size = prep.image_size
-    inputs, names = load_inputs(args.photos, prep)
-    x8 = np.ascontiguousarray(inputs)
-    x1 = np.ascontiguousarray(x8[:1])
-    print(f"model: {label}, {prep.image_size} px; inputs: {', '.join(names)}; threads {args.threads}")
+        return model, meta.preprocessing, f"{meta.architecture} from {args.model}, {meta.num_classes} classes"
+    torch.manual_seed(0)
+    model = model_artifact.build_model("resnet18", 257).eval()
+    return model, model_artifact.Preprocessing.for_image_size(224), "resnet18, random weights (seed 0), 257 classes"
 
-    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rt-compare-"))
-    out.mkdir(parents=True, exist_ok=True)
-    variants = torch_variants(model, args.threads, args)
+
+def exported_variants(model, prep, x1: np.ndarray, x8: np.ndarray, out: Path, args) -> tuple[list, Path | None]:
+    """ONNX Runtime's and OpenVINO's variants of ``model`` (each skipped when not installed), and model.onnx."""
+    import torch
 
     onnx_path = out / "model.onnx"
     try:
@@ -511,48 +511,69 @@ def main() -> None:
         print(f"ONNX: {how}, {time.perf_counter() - started:.1f} s, {onnx_path.stat().st_size / 1e6:.1f} MB")
     except Exception as exc:
         print(f"ONNX: {exc}")
-        onnx_path = None
+        return [], None
+    variants = []
+    try:
+        variants += ort_variants(onnx_path, args.threads)
+        variants.append(served_variant(model, prep, out, args.threads))
+    except ImportError as exc:
+        print(f"onnxruntime: skipped ({exc})")
+    try:
+        variants += openvino_from_onnx(model, onnx_path, x1, x8, args)
+    except ImportError as exc:
+        print(f"openvino: skipped ({exc})")
+    return variants, onnx_path
 
-    if onnx_path:
-        try:
-            variants += ort_variants(onnx_path, args.threads)
-            variants.append(served_variant(model, prep, out, args.threads))
-        except ImportError as exc:
-            print(f"onnxruntime: skipped ({exc})")
-        try:
-            import openvino as ov
 
-            started = time.perf_counter()
-            ir_path = out / "model.xml"
-            ov.save_model(ov.convert_model(str(onnx_path)), str(ir_path), compress_to_fp16=False)
-            bin_mb = ir_path.with_suffix(".bin").stat().st_size / 1e6
-            print(
-                f"OpenVINO IR from the ONNX file: {time.perf_counter() - started:.1f} s, weights {bin_mb:.1f} MB (fp32)"
-            )
-            try:
-                started = time.perf_counter()
-                ov_from_torch = ov.convert_model(_copy(model), example_input=torch.from_numpy(x1))
-                cm = ov.Core().compile_model(ov_from_torch, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-                direct = softmax(cm({0: x8})[0])
-                with torch.inference_mode():
-                    ref = softmax(model(torch.from_numpy(x8)).numpy())
-                print(
-                    f"OpenVINO convert_model(torch module) also works: {time.perf_counter() - started:.1f} s, "
-                    f"max|dp| vs eager {np.abs(direct - ref).max():.2e}"
-                )
-            except Exception as exc:
-                print(f"OpenVINO convert_model(torch module) failed: {type(exc).__name__}: {str(exc)[:200]}")
-            variants += openvino_variants(ir_path, args.threads, args.image_size)
-        except ImportError as exc:
-            print(f"openvino: skipped ({exc})")
+def openvino_from_onnx(model, onnx_path: Path, x1: np.ndarray, x8: np.ndarray, args) -> list:
+    """OpenVINO's variants of the IR converted from model.onnx; also checks its direct torch conversion."""
+    import openvino as ov
+    import torch
 
+    started = time.perf_counter()
+    ir_path = onnx_path.with_name("model.xml")
+    ov.save_model(ov.convert_model(str(onnx_path)), str(ir_path), compress_to_fp16=False)
+    bin_mb = ir_path.with_suffix(".bin").stat().st_size / 1e6
+    print(f"OpenVINO IR from the ONNX file: {time.perf_counter() - started:.1f} s, weights {bin_mb:.1f} MB (fp32)")
+    try:
+        started = time.perf_counter()
+        ov_from_torch = ov.convert_model(_copy(model), example_input=torch.from_numpy(x1))
+        cm = ov.Core().compile_model(ov_from_torch, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        direct = softmax(cm({0: x8})[0])
+        with torch.inference_mode():
+            ref = softmax(model(torch.from_numpy(x8)).numpy())
+        print(
+            f"OpenVINO convert_model(torch module) also works: {time.perf_counter() - started:.1f} s, "
+            f"max|dp| vs eager {np.abs(direct - ref).max():.2e}"
+        )
+    except Exception as exc:
+        print(f"OpenVINO convert_model(torch module) failed: {type(exc).__name__}: {str(exc)[:200]}")
+    return openvino_variants(ir_path, args.threads, args.image_size)
+
+
+def main() -> None:
+    args = parse_args()
+    if args.omp_wait_policy != "unset":
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy
+    print_environment(args)
+    model, prep, label = load_model(args)
+    args.image_size = prep.image_size
+    inputs, names = load_inputs(args.photos, prep)
+    x8 = np.ascontiguousarray(inputs)
+    x1 = np.ascontiguousarray(x8[:1])
+    print(f"model: {label}, {prep.image_size} px; inputs: {', '.join(names)}; threads {args.threads}")
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="rt-compare-"))
+    out.mkdir(parents=True, exist_ok=True)
+    variants = torch_variants(model, args.threads, args)
+    exported, onnx_path = exported_variants(model, prep, x1, x8, out, args)
+    variants += exported
     print(f"measuring {len(variants)} variants: {args.iters} x batch 1 and {args.iters8} x batch 8 each, "
           f"interleaved in {args.rounds} rounds")  # fmt: skip
     measure(variants, x1, x8, args.iters, args.iters8, args.rounds)
     check_answers(variants, x1, x8)
     print()
     print(table(variants))
-    if onnx_path and args.async_seconds > 0:
+    if onnx_path and args.async_seconds > 0 and (out / "model.xml").exists():
         try:
             figures = openvino_async_throughput(out / "model.xml", args.threads, x8, args.async_seconds)
             print(f"openvino THROUGHPUT, AsyncInferQueue: {figures}")
