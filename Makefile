@@ -20,13 +20,13 @@ $(STAMP): pyproject.toml constraints.txt
 venv: $(STAMP) ## Create .venv with the project and pinned dependencies (reused when up to date)
 
 .venv-sdk3/.installed-stamp: constraints-sdk3.txt
-	@# SDK v3 conflicts with v2 (.venv): local_mode/train_v3.py runs in its own venv, without torch
+	@# SDK v3 conflicts with v2 (.venv): local_mode/fit_v3.py runs in its own venv, without torch
 	test -x .venv-sdk3/bin/python || $(PYTHON) -m venv .venv-sdk3
 	.venv-sdk3/bin/python -m pip install -q -c constraints-sdk3.txt 'sagemaker>=3,<4'
 	touch $@
 
 .PHONY: venv-sdk3
-venv-sdk3: .venv-sdk3/.installed-stamp ## Create .venv-sdk3 with SDK v3 (sagemaker 3.x) for local_mode/train_v3.py
+venv-sdk3: .venv-sdk3/.installed-stamp ## Create .venv-sdk3 with SDK v3 (sagemaker 3.x) for local_mode/fit_v3.py
 
 # AWS's PyTorch inference toolkit, pinned: tests/test_portable_artifact.py serves model.tar.gz with it.
 DLC_TOOLKIT := sagemaker-pytorch-inference==2.0.25
@@ -59,7 +59,7 @@ NAME ?= byoc-classifier
 TAG ?= latest
 push: venv ## Push the images to ECR (REGION=, ACCOUNT=, NAME=, TAG=) and print the image URIs
 	@test -n "$(REGION)" || (echo "error: set REGION=... (or AWS_DEFAULT_REGION)" >&2; exit 2)
-	$(BIN)/python -m local_mode.push --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) --name $(NAME) --tag $(TAG)
+	$(BIN)/python -m ecr.push --region $(REGION) $(if $(ACCOUNT),--account $(ACCOUNT)) --name $(NAME) --tag $(TAG)
 
 test: venv venv-sdk3 venv-dlc images ## Lint and run the whole suite (builds the images first)
 	$(BIN)/ruff check .

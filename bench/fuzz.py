@@ -49,7 +49,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.serving import free_port
+from bench.serve_process import free_port
 
 MB = 1024 * 1024
 # MMS log lines (com.amazonaws.ml.mms.wlm.WorkerThread): a worker that dies (killed, OOM-killed,

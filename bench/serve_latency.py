@@ -27,7 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import model_artifact
-from tests.serving import Server, predict
+from bench.serve_process import Server, predict
 
 MODELS = {"sample (resnet18, 64 px, 4 classes)": (64, 4), "resnet18, 224 px, 257 classes": (224, 257)}
 

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import model_artifact
-from train import data, main, sample_data
+from train import data, precision, sample_data
 
 
 def step_throughput(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, dtype, steps: int) -> float:
@@ -65,7 +65,7 @@ def main_cli() -> None:
     labels = torch.randint(0, 257, (args.batch_size,))
     print(
         f"cpu: {torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}, "
-        f"native bf16: {main.cpu_has_native_bf16()}"
+        f"native bf16: {precision.cpu_has_native_bf16()}"
     )
     fp32 = step_throughput(model, batch, labels, None, args.steps)
     print(f"train step {args.model} {args.image_size}px batch {args.batch_size} fp32: {fp32:.1f} img/s")

@@ -1,8 +1,8 @@
 """Print the pyproject.toml of the serving images' wheel, derived from the project's.
 
-The serving images install only ``serve/`` and ``model_artifact.py`` (not ``train/`` or
-``local_mode/``) and only the ``serve`` console script; their dependencies come from
-docker/requirements-serving*.txt, so the wheel declares none.
+The serving images install only ``serve/``, the stdlib-only ``common/`` it imports, and
+``model_artifact.py`` (not ``train/``, ``local_mode/``, ``tuning/`` or ``ecr/``) and only the ``serve``
+console script; their dependencies come from docker/requirements-serving*.txt, so the wheel declares none.
 
 Usage: python serving-pyproject.py PROJECT/pyproject.toml > SERVING/pyproject.toml
 """
@@ -13,7 +13,8 @@ import json
 import sys
 import tomllib
 
-MODULES, PACKAGES, SCRIPTS = ["model_artifact"], ["serve"], ["serve"]
+MODULES, PACKAGES, SCRIPTS = ["model_artifact"], ["common", "serve"], ["serve"]
+DESCRIPTION = "The serving part of {name} (serve/, common/, model_artifact.py)."
 
 
 def serving_pyproject(project_toml: dict) -> str:
@@ -32,7 +33,7 @@ def serving_pyproject(project_toml: dict) -> str:
         "[project]",
         f"name = {json.dumps(project['name'] + '-serving')}",
         f"version = {json.dumps(project['version'])}",
-        f"description = {json.dumps('The serving part of ' + project['name'] + ' (serve/, model_artifact.py).')}",
+        f"description = {json.dumps(DESCRIPTION.format(name=project['name']))}",
         f"requires-python = {json.dumps(project['requires-python'])}",
         "dependencies = []",
         "",

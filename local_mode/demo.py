@@ -4,31 +4,48 @@ Trains with the training image through SDK v2's ``Estimator`` (``instance_type="
 deploys model.tar.gz with the CPU serving image, classifies every held-out test image
 through the endpoint, prints predictions and accuracy, and removes the endpoint, the
 containers and the temporary folders. ``make demo`` builds the images first.
+
+The terminal shows one line per phase (training, deploying, classifying, cleaning up) with
+progress and timings, then the predictions and the accuracy; the SDK's and the containers'
+output (MMS's access and worker lines included) goes to ``OUT/containers.log`` (``--log``),
+and so does the traceback of a failure, whose last log lines are printed.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
+import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
-from local_mode import deploy, train
+from common.images import SAMPLE_CLASSES as CLASSES
+from local_mode import deploy, fit, progress
 from local_mode import session as local
 
 REPO = Path(__file__).resolve().parents[1]
-CLASSES = ("ball", "box", "cone", "ring")
 # ResNet18 from scratch at 64 px: learns the 4 sample classes in about a minute on 2 cores.
 HYPERPARAMETERS = {
     "epochs": "12", "batch-size": "16", "lr": "0.005", "lr-warmup-epochs": "1", "momentum": "0.9",
     "image-size": "64", "crop-min-scale": "0.4", "pretrained": "false", "log-interval": "0",
 }  # fmt: skip
+PHASES = 4  # training, deploying, classifying, cleaning up
+EPOCH_LINE = re.compile(r"\bepoch=(\d+) ")  # train/metrics' per-epoch line, in the containers' output
+BEST_VAL = re.compile(r"\bbest_val_accuracy=([0-9.]+(?:e[+-]?[0-9]+)?)")  # its final line
 
 
-def classify_all(predictor, test_dir: Path) -> tuple[float, list[str]]:
-    """Send every test image to the endpoint; returns the accuracy and one line per class."""
-    files = sorted(p for p in test_dir.rglob("*") if p.is_file())
+def image_files(test_dir: Path) -> list[Path]:
+    return sorted(p for p in test_dir.rglob("*") if p.is_file())
+
+
+def classify_all(predictor, test_dir: Path, on_image: Callable[[], None] = lambda: None) -> tuple[float, list[str]]:
+    """Send every test image to the endpoint (``on_image()`` after each); returns the accuracy and
+    one line per class."""
+    files = image_files(test_dir)
     correct, shown = 0, []
     for path in files:
         prediction = deploy.classify(predictor, path, top_k=2)["predictions"][0]
@@ -36,27 +53,66 @@ def classify_all(predictor, test_dir: Path) -> tuple[float, list[str]]:
         if path.stem.endswith("_000"):
             top = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in prediction["top_k"])
             shown.append(f"  {path.relative_to(test_dir)}: {prediction['label']} (top 2: {top})")
+        on_image()
     return correct / len(files), shown
 
 
-def run(data: Path, out: Path, training_image: str, serving_image: str) -> tuple[float, list[str]]:
-    """Train, deploy, classify, tear down; returns the test accuracy and a few predictions."""
+def check_images(*images: str) -> None:
+    """An image missing here fails late and obscurely in docker-compose (a pull): say so first."""
+    for image in images:
+        registry = image.split("/")[0] if "/" in image else ""
+        if "." in registry or ":" in registry:  # a registry's image: the SDK pulls it
+            continue
+        if subprocess.run(["docker", "image", "inspect", image], capture_output=True).returncode:
+            raise local.PreflightError(f"no image {image} here: build the images with `make images`")
+
+
+def training_progress(phase: progress.Phase) -> Callable[[str], None]:
+    """Reads the training container's lines: the epoch for the progress bar, the best val accuracy."""
+
+    def on_line(line: str) -> None:
+        if match := EPOCH_LINE.search(line):
+            phase.update(int(match[1]))
+        elif match := BEST_VAL.search(line):
+            phase.result = f"best val accuracy {float(match[1]):.0%}"
+
+    return on_line
+
+
+def run(
+    data: Path, out: Path, training_image: str, serving_image: str, console: progress.Console
+) -> tuple[float, list[str]]:
+    """Train, deploy, classify, tear down, a phase line each on ``console`` (entered: the SDK's
+    output goes to its log); returns the test accuracy and a few predictions."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # local mode needs a region, never calls it
-    session = local.local_session(out / "container_root")
+    local.preflight("local")  # before the images' check: it says when Docker itself is missing
+    check_images(training_image, serving_image)
+    session = predictor = None
     try:
-        started = time.monotonic()
-        output = f"file://{out / 'artifacts'}"
-        model_data = train.fit(training_image, str(data), HYPERPARAMETERS, output_path=output, session=session)
-        print(f"\ntrained in local mode in {time.monotonic() - started:.0f} s: {model_data}", flush=True)
-        started = time.monotonic()
-        predictor = deploy.deploy(serving_image, model_data, session=session)
-        print(f"endpoint up in {time.monotonic() - started:.0f} s; classifying the test images", flush=True)
-        try:
-            return classify_all(predictor, data / "test")
-        finally:
-            predictor.delete_endpoint()
+        epochs = int(HYPERPARAMETERS["epochs"])
+        with (
+            console.phase(1, "training in local mode", total=epochs, unit="epoch") as phase,
+            console.watch(training_progress(phase)),
+        ):
+            session = local.local_session(out / "container_root")
+            output = f"file://{out / 'artifacts'}"
+            model_data = fit.fit(training_image, str(data), HYPERPARAMETERS, output_path=output, session=session)
+        console.log(f"model data: {model_data}")
+        with console.phase(2, "deploying the endpoint", verb="ready"):
+            predictor = deploy.deploy(serving_image, model_data, session=session)
+        count = len(image_files(data / "test"))
+        with console.phase(3, f"classifying {count} test images", total=count) as phase:
+            accuracy, shown = classify_all(predictor, data / "test", phase.advance)
+            phase.result = f"accuracy {accuracy:.0%}"
+        return accuracy, shown
     finally:
-        local.cleanup(session)
+        with console.phase(4, "cleaning up"):  # the endpoint, the containers, the network, the folders
+            try:
+                if predictor is not None:
+                    predictor.delete_endpoint()
+            finally:
+                if session is not None:
+                    local.cleanup(session)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -65,19 +121,42 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=REPO / "build" / "demo-local")
     parser.add_argument("--training-image", default="byoc-classifier-training:latest")
     parser.add_argument("--serving-image", default="byoc-classifier-serving-cpu:latest")
+    parser.add_argument("--log", type=Path, help="the SDK's and the containers' output (default: OUT/containers.log)")
     args = parser.parse_args(argv)
     if not args.data.is_dir():
         from train import sample_data  # generating needs Pillow only; the training runs in the image
 
         print(f"generated the sample dataset in {args.data}: {sample_data.generate(args.data)}")
+    console = progress.Console((args.log or args.out / "containers.log").resolve(), PHASES)
     started = time.monotonic()
     try:
-        accuracy, shown = run(args.data.resolve(), args.out.resolve(), args.training_image, args.serving_image)
-    except (local.PreflightError, train.TrainingFailed) as exc:
-        sys.exit(f"error: {exc}")
+        with console:
+            accuracy, shown = run(
+                args.data.resolve(), args.out.resolve(), args.training_image, args.serving_image, console
+            )
+    except Exception as exc:
+        fail(exc, console)
     print("\npredictions through the local endpoint (one test image per class):", *shown, sep="\n")
     print(f"test accuracy {accuracy:.0%} (chance {1 / len(CLASSES):.0%}); demo took {time.monotonic() - started:.0f} s")
-    print(f"model.tar.gz and output.tar.gz (metrics, training curve): {args.out / 'artifacts'}")
+    print(f"model.tar.gz and output.tar.gz (metrics, training curve): {shown_path(args.out / 'artifacts')}")
+    print(f"containers' logs: {shown_path(console.log_path)}")
+
+
+def fail(exc: Exception, console: progress.Console) -> NoReturn:
+    """Exit 1 with the error and the log's last lines; the traceback is in the log, not on the terminal."""
+    log = shown_path(console.log_path)
+    if isinstance(exc, local.PreflightError):  # the message says what to do
+        sys.exit(f"error: {exc}")
+    if console.failure_tail:
+        console.print(f"\nlast lines of {log}:", *(f"  | {line}" for line in console.failure_tail), sep="\n")
+    reason = exc if isinstance(exc, fit.TrainingFailed) else f"{type(exc).__name__}: {exc}"
+    sys.exit(f"error: {reason}\n(the whole log, with the traceback: {log})")
+
+
+def shown_path(path: Path) -> Path:
+    """``path`` relative to the working directory when under it."""
+    path = path.resolve()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 if __name__ == "__main__":

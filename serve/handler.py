@@ -23,7 +23,7 @@ from PIL import Image
 
 import model_artifact
 from serve import codecs, mms, runtimes, script_service
-from serve.settings import Settings
+from serve.settings import Settings, log_level, multi_model
 
 log = logging.getLogger("serve.handler")
 SERVER_PID_ENV = "SERVE_SERVER_PID"  # set by serve.server: a failed load stops the server
@@ -41,7 +41,7 @@ class ClassifierService:
         self.settings = settings
         started = time.perf_counter()
         self.model, self.meta = runtimes.load(model_dir, gpu_id, settings.runtime, settings.threads)
-        self.transform = model_artifact.array_transform(self.meta.preprocessing)
+        self.transform = model_artifact.ArrayTransform(self.meta.preprocessing)
         self.options = codecs.DecodeOptions(
             settings.max_images,
             settings.max_pixels,
@@ -136,7 +136,7 @@ def _exit_worker(reason: str) -> None:
 def _stop_server(reason: str) -> None:
     """Single-model endpoint: a model that cannot load must stop the container, not idle."""
     pid = os.environ.get(SERVER_PID_ENV)
-    if pid and os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() != "true":
+    if pid and not multi_model():
         log.error("stopping the server: %s", reason)
         os.kill(int(pid), signal.SIGUSR1)
 
@@ -144,7 +144,7 @@ def _stop_server(reason: str) -> None:
 def handle(data, context):
     """The MMS entry point."""
     if data is None:  # model load
-        logging.basicConfig(level=os.environ.get("SERVE_LOG_LEVEL", "INFO").upper(), stream=sys.stdout)
+        logging.basicConfig(level=log_level(), stream=sys.stdout)
         props = context.system_properties
         try:
             _service.initialize(props.get("model_dir"), props.get("gpu_id"), Settings.from_env())

@@ -8,6 +8,7 @@ MMS again by scanning every process on the machine. Here both MMS APIs listen on
 in a private folder that only the server's user can enter; ``serve.gateway`` alone is on the
 network. The Java frontend is started directly (not through the ``multi-model-server``
 wrapper) in its own process group, so that one signal reaches it and its workers.
+``serve.toolkits`` lists each toolkit function replaced here, and the version checked.
 """
 
 from __future__ import annotations
@@ -27,9 +28,7 @@ from serve.settings import Settings
 HANDLER = "serve.handler:handle"
 LOG_CONFIG = str(Path(__file__).with_name("log4j2.xml"))
 SINGLE_MODEL_NAME = "model"
-# MMS's default, -XX:-UseContainerSupport, sizes the Java heap from the host's memory, not
-# the container's limit: the frontend can then outgrow the container and be OOM-killed.
-JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
+MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"  # the Java frontend, as mms.model_server.start runs it
 
 
 def inference_socket(folder: Path) -> Path:
@@ -79,7 +78,7 @@ def command(config: Path, model_dir: Path | None, scratch: Path, vmargs: str) ->
     if model_dir is not None:
         mms_args += ["-m", f"{SINGLE_MODEL_NAME}={model_dir}"]
     classpath = f".:{home / 'mms' / 'frontend'}/*"
-    return [java, *jvm, *vmargs.split(), "-cp", classpath, "com.amazonaws.ml.mms.ModelServer", *mms_args]
+    return [java, *jvm, *vmargs.split(), "-cp", classpath, MAIN_CLASS, *mms_args]
 
 
 def start(command: list[str], scratch: Path, environment: dict[str, str]) -> subprocess.Popen:

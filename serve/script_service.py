@@ -55,7 +55,7 @@ class ScriptService:
         self.user = user_module.load(Path(os.environ[CODE_DIR_ENV]), settings.program, site_dir)
         self.defaults = defaults.Defaults(model_dir, settings, device)
         self.hooks = {name: self.user.get(name, getattr(self.defaults, name, None)) for name in user_module.HOOKS}
-        self.default_accept = os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT") or codecs.JSON
+        self.default_accept = settings.default_accept or codecs.JSON
         if self.hooks["pre_model_fn"]:
             user_module.call(self.hooks["pre_model_fn"], model_dir, context=context)
         self.model = user_module.call(self.hooks["model_fn"], model_dir, context=context)

@@ -185,12 +185,12 @@ class Lifecycle:
             mms.signal_group(self.process, signal.SIGKILL)
 
 
-def prepare(settings: Settings, base: Path) -> tuple[RuntimeFolder, pwd.struct_passwd | None, Path | None]:
+def prepare(settings: Settings) -> tuple[RuntimeFolder, pwd.struct_passwd | None, Path | None]:
     """As the starting user: the runtime folder, MMS's configuration and the staged model."""
     user = server_user(settings.user)
     runtime = RuntimeFolder(user)
     runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
-    source = base / "model"
+    source = Path(settings.base_dir) / "model"
     if settings.program:  # script mode: the deployer chose to run the code in the model
         return runtime, user, stage_script(settings, source, runtime)
     if settings.multi_model:
@@ -226,45 +226,81 @@ def start_script_mode(runtime: RuntimeFolder) -> None:
         sys.exit(1)
 
 
-def main() -> None:
-    """Serve ``/opt/ml/model`` (or the models SageMaker registers under ``/opt/ml/models``)."""
+def configure_logging() -> None:
+    """Log lines to stdout, at INFO until the settings name a level."""
     logging.basicConfig(
         level=logging.INFO, stream=sys.stdout, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s"
     )
+
+
+def load_settings() -> Settings:
+    """The settings from the environment (a bad one stops ``serve`` with its name), logged."""
     try:
         settings = Settings.from_env(gpu_count())
     except ValueError as exc:
         sys.exit(f"error: {exc}")
-    base = Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"))
     logging.getLogger().setLevel(settings.log_level)
     log.info("settings: %s", settings)
-    lifecycle = Lifecycle()
-    lifecycle.install()
-    runtime, user, model_dir = prepare(settings, base)
+    return settings
+
+
+def open_gateway(settings: Settings, runtime: RuntimeFolder) -> gateway.Gateway:
+    """The serving port (bound now, while ``serve`` may still be root) and, on a multi-model
+    endpoint, the registry of the models under ``models/``."""
     registry = None
     if settings.multi_model:
-        registry = gateway.ModelRegistry(base / "models", runtime.models, mms.management_socket(runtime.scratch),
+        registry = gateway.ModelRegistry(Path(settings.base_dir) / "models", runtime.models,
+                                         mms.management_socket(runtime.scratch),
                                          settings.timeout_seconds + 60)  # fmt: skip
-    front = gateway.Gateway(settings, runtime.scratch, registry)  # binds the port before privileges go
+    return gateway.Gateway(settings, runtime.scratch, registry)
+
+
+def start_model_server(settings: Settings, runtime: RuntimeFolder, model_dir: Path | None) -> subprocess.Popen:
+    """MMS's Java frontend in a process group of its own; ``serve`` adopts what it leaves behind."""
+    become_subreaper()
+    command = mms.command(runtime.config, model_dir, runtime.scratch, settings.vmargs)
+    return mms.start(command, runtime.scratch, dict(os.environ))
+
+
+def serve_until_stopped(front: gateway.Gateway, lifecycle: Lifecycle, port: int) -> None:
+    """Answer on the port until MMS exits (asked to by a signal, or by itself)."""
+    threading.Thread(target=front.serve_forever, name="gateway", daemon=True).start()
+    log.info("listening on port %d", port)
+    lifecycle.process.wait()
+
+
+def clean_up(front: gateway.Gateway, runtime: RuntimeFolder) -> None:
+    """Close the port, stop what MMS left running and remove the runtime folder."""
+    front.shutdown()
+    stop_descendants()
+    shutil.rmtree(runtime.root, ignore_errors=True)
+
+
+def exit_status(lifecycle: Lifecycle) -> None:
+    """A stop that was asked for is a clean exit; MMS exiting by itself is a failure."""
+    if not lifecycle.requested:
+        log.error("the model server exited on its own (see its log above)")
+        sys.exit(1)
+    log.info("model server stopped")
+
+
+def main() -> None:
+    """Serve ``/opt/ml/model`` (or the models SageMaker registers under ``/opt/ml/models``)."""
+    configure_logging()
+    settings = load_settings()
+    lifecycle = Lifecycle()
+    lifecycle.install()
+    runtime, user, model_dir = prepare(settings)
+    front = open_gateway(settings, runtime)  # binds the port before privileges go
     drop_privileges(user)
     export_settings(settings)
     start_script_mode(runtime)
     if model_dir is not None:
         preflight(runtime.script.model_dir if runtime.script else model_dir, runtime.scratch)
-    become_subreaper()
-    vmargs = os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", mms.JVM_ARGS)
-    command = mms.command(runtime.config, model_dir, runtime.scratch, vmargs)
-    lifecycle.process = mms.start(command, runtime.scratch, dict(os.environ))
-    threading.Thread(target=front.serve_forever, name="gateway", daemon=True).start()
-    log.info("listening on port %d", settings.port)
-    lifecycle.process.wait()
-    front.shutdown()
-    stop_descendants()
-    shutil.rmtree(runtime.root, ignore_errors=True)
-    if not lifecycle.requested:
-        log.error("the model server exited on its own (see its log above)")
-        sys.exit(1)
-    log.info("model server stopped")
+    lifecycle.process = start_model_server(settings, runtime, model_dir)
+    serve_until_stopped(front, lifecycle, settings.port)
+    clean_up(front, runtime)
+    exit_status(lifecycle)
 
 
 if __name__ == "__main__":

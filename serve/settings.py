@@ -1,4 +1,6 @@
-"""Serving settings, all from the environment: the one table users configure.
+"""Serving settings, all from the environment: the one table users configure, and the one
+reader of SageMaker's serving variables (the server, its pre-flight and each MMS worker call
+``Settings.from_env()``; workers are separate processes and read their own environment).
 
 | variable | default | meaning |
 |---|---|---|
@@ -21,6 +23,8 @@
 | SAGEMAKER_PROGRAM | (unset) | script mode: the user's inference module in the code folder (docs/script-mode.md) |
 | SAGEMAKER_SUBMIT_DIRECTORY | /opt/ml/model/code | script mode: the code folder (a local one; else the model's code/) |
 | SAGEMAKER_MODEL_SERVER_VMARGS | -XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0 | JVM options of the MMS frontend |
+| SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT | application/json | script mode: the answer type when a request asks for none |
+| SAGEMAKER_BASE_DIR | /opt/ml | the folder with model/ (single model) or models/ (multi-model) |
 """
 
 from __future__ import annotations
@@ -28,19 +32,8 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
-
-def available_cpus() -> int:
-    """CPUs this container may use (affinity and cgroup quota)."""
-    cpus = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, int(quota) // int(period)))
-    except (OSError, ValueError):
-        pass
-    return cpus
+from common.cpus import available_cpus  # re-exported: serve.settings.available_cpus
 
 
 def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
@@ -64,6 +57,9 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 RUNTIMES = ("auto", "onnx", "torch")  # serve.runtimes
+# MMS's default, -XX:-UseContainerSupport, sizes the Java heap from the host's memory, not
+# the container's limit: the frontend can then outgrow the container and be OOM-killed.
+JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -79,6 +75,11 @@ def log_level() -> str:
             raise ValueError(f"{name}={raw!r} is not a log level: use 10, 20, 30, 40, 50 or {', '.join(LOG_LEVELS)}")
         return level
     return "INFO"
+
+
+def multi_model() -> bool:
+    """SAGEMAKER_MULTI_MODEL: a multi-model endpoint (read on its own by a worker whose model failed)."""
+    return os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
 
 
 @dataclass(frozen=True)
@@ -102,6 +103,9 @@ class Settings:
     runtime: str = "auto"
     program: str = ""  # SAGEMAKER_PROGRAM: script mode when set
     submit_dir: str = ""
+    base_dir: str = "/opt/ml"  # SAGEMAKER_BASE_DIR
+    vmargs: str = JVM_ARGS  # SAGEMAKER_MODEL_SERVER_VMARGS
+    default_accept: str = ""  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: script mode's default answer type
 
     @classmethod
     def from_env(cls, gpus: int = 0) -> Settings:
@@ -113,7 +117,7 @@ class Settings:
             workers=workers,
             timeout_seconds=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60),
             max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, high=1024),
-            multi_model=os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true",
+            multi_model=multi_model(),
             top_k=_int("SERVE_TOP_K", 5),
             max_images=_int("SERVE_MAX_IMAGES", 64),
             max_pixels=_int("SERVE_MAX_PIXELS", 40_000_000),
@@ -126,4 +130,7 @@ class Settings:
             user=os.environ.get("SERVE_USER", "model-server"),
             program=os.environ.get("SAGEMAKER_PROGRAM", "").strip(),
             submit_dir=os.environ.get("SAGEMAKER_SUBMIT_DIRECTORY", "").strip(),
+            base_dir=os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"),
+            vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", JVM_ARGS),
+            default_accept=os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", ""),
         )

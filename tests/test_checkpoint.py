@@ -1,15 +1,13 @@
-"""Checkpoint files: atomic writes, identity checks, the stop flag."""
+"""Checkpoint files: atomic writes, identity checks, resuming a training state, the best weights."""
 
 from __future__ import annotations
-
-import os
-import signal
 
 import pytest
 import torch
 
-from train import checkpoint
+from train import checkpoint, loop
 from train.failure import TrainingError
+from train.progress import Meter
 
 IDENTITY = {"hyperparameters": {"lr": "0.1", "model": "resnet18"}, "class_names": ["a", "b"], "world_size": 1}
 
@@ -60,8 +58,27 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
     assert checkpoint.load(tmp_path, {})["epoch"] == 1
 
 
-def test_sigterm_sets_the_stop_flag(restore_signals):
-    stop = checkpoint.StopRequest().install()
-    assert not stop.requested
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert stop.requested and stop.signal == signal.SIGTERM
+def _step() -> loop.Step:
+    net = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    return loop.Step(net, net, torch.nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), None, False)
+
+
+def test_a_resumable_state_comes_back_into_a_fresh_step(tmp_path):
+    saved = _step()
+    meter = Meter(loss_sum=3.0, correct=2, seen=4, batches=1)
+    progress = checkpoint.Progress([{"epoch": 1}], {"epoch": 1, "score": 0.5})
+    checkpoint.save_resumable(tmp_path, IDENTITY, 1, meter, saved, progress)
+    fresh = _step()
+    epoch, resumed_meter, resumed_progress = checkpoint.resume(tmp_path, IDENTITY, fresh, is_main=True)
+    assert epoch == 1 and resumed_meter == meter and resumed_progress == progress
+    assert torch.equal(fresh.net.weight, saved.net.weight)
+    assert checkpoint.resume(tmp_path / "none", IDENTITY, fresh, is_main=True) is None
+
+
+def test_best_weights_round_trip(tmp_path):
+    best, other = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    checkpoint.save_best(tmp_path, best)
+    checkpoint.load_best(tmp_path, other, is_main=True)
+    assert torch.equal(other.weight, best.weight) and (tmp_path / checkpoint.BEST_FILE).exists()

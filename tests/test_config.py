@@ -120,14 +120,6 @@ def test_paths_fall_back_to_the_opt_ml_layout(tmp_path):
     assert paths.output_dir == tmp_path / "output"
 
 
-def test_available_cpus_respects_affinity_and_cgroup_quota(monkeypatch):
-    import os
-
-    assert 1 <= config.available_cpus() <= len(os.sched_getaffinity(0))
-    monkeypatch.setattr(config, "_cgroup_cpu_quota", lambda: 0.5)
-    assert config.available_cpus() == 1
-
-
 def test_checkpointconfig_local_path_is_honoured(tmp_path):
     (tmp_path / "input" / "config").mkdir(parents=True)
     checkpoint_config = {"LocalPath": str(tmp_path / "ckpt"), "S3Path": "s3://bucket/ckpt"}

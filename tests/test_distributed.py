@@ -42,3 +42,11 @@ def test_collectives_alone_are_identities():
     assert distributed.all_sum([1.0, 2.0]) == [1.0, 2.0]
     assert distributed.any_true(True) and not distributed.any_true(False)
     assert distributed.broadcast({"a": 1}) == {"a": 1}
+
+
+def test_the_context_reads_the_launchers_variables(monkeypatch):
+    for key, value in {"WORLD_SIZE": "1", "RANK": "5", "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "4"}.items():
+        monkeypatch.setenv(key, value)
+    ctx = distributed.init()
+    assert distributed.env_rank() == ctx.rank == 5 and ctx.local_world_size == 4
+    assert not ctx.on_first_host and distributed.Context(rank=3, local_world_size=4).on_first_host

@@ -46,7 +46,18 @@ def test_images_are_built_with_labels_and_tools(images):
 FOUND = "import importlib.util as u, json, sys; print(json.dumps(sorted(m for m in sys.argv[1:] if u.find_spec(m))))"
 SERVING_ONLY = ["serve.server", "serve.handler", "serve.gateway", "serve.runtimes", "model_artifact"]
 SERVING_ONLY += ["mms.model_service_worker", "sagemaker_inference.errors", "numpy", "PIL"]
-NOT_IN_SERVING = ["sagemaker_training", "matplotlib", "scipy", "boto3", "onnx", "onnxscript", "train", "local_mode"]
+NOT_IN_SERVING = [
+    "sagemaker_training",
+    "matplotlib",
+    "scipy",
+    "boto3",
+    "onnx",
+    "onnxscript",
+    "train",
+    "local_mode",
+    "tuning",
+    "ecr",
+]
 
 
 def found(image: str, *modules: str) -> list[str]:

@@ -11,8 +11,8 @@ import time
 import pytest
 
 import model_artifact
+from local_mode import fit
 from local_mode import session as local
-from local_mode import train
 from tests.conftest import FAST
 
 pytestmark = pytest.mark.slow
@@ -22,7 +22,7 @@ IMAGE = "byoc-classifier-training:latest"
 @pytest.mark.parametrize("instances", [1, 2])
 def test_estimator_trains_in_local_mode(sdk_session, sample_data, tmp_path, capfd, instances):
     hps = FAST | {"epochs": "1", "num-workers": "1"}
-    model_data = train.fit(
+    model_data = fit.fit(
         IMAGE, str(sample_data), hps, "local", instances, output_path=f"file://{tmp_path / 'out'}", session=sdk_session
     )
     assert model_data == f"file://{tmp_path / 'out' / 'model.tar.gz'}"
@@ -100,13 +100,13 @@ def test_sigterm_to_a_local_mode_training_container_keeps_its_checkpoint(sdk_ses
     hps = FAST | {"epochs": "20", "num-workers": "1", "log-interval": "1"}
     outcome: dict = {}
 
-    def fit() -> None:
+    def train() -> None:
         try:
-            train.fit(IMAGE, str(sample_data), hps, output_path=f"file://{tmp_path / 'out'}", session=sdk_session)
+            fit.fit(IMAGE, str(sample_data), hps, output_path=f"file://{tmp_path / 'out'}", session=sdk_session)
         except Exception as exc:
             outcome["error"] = exc
 
-    runner = threading.Thread(target=fit)
+    runner = threading.Thread(target=train)
     runner.start()
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
@@ -117,7 +117,7 @@ def test_sigterm_to_a_local_mode_training_container_keeps_its_checkpoint(sdk_ses
         time.sleep(0.5)
     subprocess.run(["docker", "stop", "-t", "110", names[0]], check=True, capture_output=True)  # SIGTERM first
     runner.join(timeout=120)
-    assert isinstance(outcome.get("error"), train.TrainingFailed)
+    assert isinstance(outcome.get("error"), fit.TrainingFailed)
     assert "stopped by signal in epoch 1" in str(outcome["error"])  # the reason, not docker-compose's command
     copied = subprocess.run(["docker", "cp", f"{names[0]}:/opt/ml/checkpoints/checkpoint.pt", str(tmp_path)])
     assert copied.returncode == 0 and (tmp_path / "checkpoint.pt").stat().st_size > 1_000_000

@@ -62,7 +62,7 @@ def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path, insta
     env |= {"PYTHONPATH": str(tmp_path / "audit"), "NET_LOG": str(tmp_path / "net.log")}
     hps = [f"{k}={v}" for k, v in (FAST | {"epochs": "1", "num-workers": "1"}).items()]
     result = subprocess.run(
-        [str(PYTHON), "-m", "local_mode.train_v3", "--image", IMAGE, "--data", str(sample_data),
+        [str(PYTHON), "-m", "local_mode.fit_v3", "--image", IMAGE, "--data", str(sample_data),
          "--output", str(tmp_path / "out"), "--instance-count", str(instances), "--hp", *hps],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,
     )  # fmt: skip

@@ -7,16 +7,16 @@ import json
 import pytest
 
 from train import profile_report as pr
+from train.profiler import Summary
 
 GIB = 2**30
 
 
-def summary(times: list[float], waits: list[float] | None = None, **extra) -> dict:
+def summary(times: list[float], waits: list[float] | None = None, **extra) -> Summary:
     """A profiler summary of one CPU process; ``extra`` overrides any field."""
     waits = waits if waits is not None else [0.0] * len(times)
-    return {
+    values = {
         "world_size": 1,
-        "processes_per_host": 1,
         "available_cpus": 4,
         "cpus_per_process": 4,
         "workers": 4,
@@ -34,10 +34,11 @@ def summary(times: list[float], waits: list[float] | None = None, **extra) -> di
         "gpu_memory": None,
         "profiled_steps": [4, 6],
         "trace": {"file": "trace_rank0.json.gz", "steps": [5, 6], "gpu_busy_share": None, "top_ops": []},
-    } | extra
+    }
+    return Summary.from_dict(values | extra)
 
 
-def by_rule(s: dict) -> dict[str, dict]:
+def by_rule(s: Summary) -> dict[str, dict]:
     return {f["rule"]: f for f in pr.analyze(s)[1]}
 
 
@@ -143,7 +144,7 @@ def test_step_outliers_name_the_steps_and_what_they_cost():
 
 def test_report_files_are_written_and_self_contained(tmp_path):
     s = summary([0.3] * 30, [0.2] * 30, workers=1)
-    s["trace"]["top_ops"] = [{"name": "aten::<conv>", "calls": 3, "self_cpu_ms": 12.5, "self_device_ms": 0.0}]
+    s.trace["top_ops"] = [{"name": "aten::<conv>", "calls": 3, "self_cpu_ms": 12.5, "self_device_ms": 0.0}]
     report = pr.write(tmp_path, s)
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["findings"] == report["findings"] and len(saved["findings"]) == len(pr.RULES)

@@ -17,15 +17,7 @@ from tests.conftest import FAST, make_job, run_train
 from train import config, profiler
 from train import sample_data as sample_lib
 
-CONTEXT = {
-    "world_size": 1,
-    "processes_per_host": 1,
-    "available_cpus": 2,
-    "cpus_per_process": 2,
-    "workers": 2,
-    "batch_size": 32,
-    "image_size": 64,
-}
+CONTEXT = profiler.Workload(world_size=1, available_cpus=2, cpus_per_process=2, workers=2, batch_size=32, image_size=64)
 
 
 def test_profiling_is_off_by_default_and_bounded():
@@ -61,7 +53,7 @@ def test_every_step_is_timed_and_only_the_window_is_traced(tmp_path, monkeypatch
     monkeypatch.setattr(profiler, "SAMPLE_SECONDS", 0.0)  # a sample at every step
     prof = profiler.Profiler(tmp_path / "profile", torch.device("cpu"), 0, 2, CONTEXT).start()
     drive(prof, 6, epochs=2)
-    s = prof.summary()
+    s = prof.summary().as_dict()
     json.dumps(s)  # JSON-ready as it is
     steps = s["steps"]
     assert len(steps["time"]) == 12 and steps["epoch"] == [1] * 6 + [2] * 6
@@ -79,12 +71,12 @@ def test_every_step_is_timed_and_only_the_window_is_traced(tmp_path, monkeypatch
 def test_a_run_shorter_than_the_window_still_ends_cleanly(tmp_path):
     short = profiler.Profiler(tmp_path / "a", torch.device("cpu"), 0, 3, CONTEXT).start()
     drive(short, 5)  # 3 waiting, 1 warm-up, 1 of 3 traced steps
-    assert short.summary()["trace"]["steps"] == [5, 5]
+    assert short.summary().trace["steps"] == [5, 5]
     shorter = profiler.Profiler(tmp_path / "b", torch.device("cpu"), 1, 3, CONTEXT).start()
     drive(shorter, 2)  # stopped before tracing began: no trace, no error
     shorter.stop_trace()
     s = shorter.summary()
-    assert s["trace"] == {} and s["profiled_steps"] == [4, 2] and not (tmp_path / "b").exists()
+    assert s.trace == {} and s.profiled_steps == [4, 2] and not (tmp_path / "b").exists()
 
 
 def _event(name: str, start: float, end: float, device=DeviceType.CPU):

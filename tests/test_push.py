@@ -12,7 +12,7 @@ import boto3
 import pytest
 from moto import mock_aws
 
-from local_mode import push
+from ecr import push
 from tests.serving import free_port
 
 pytestmark = pytest.mark.slow

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from local_mode import train
+from local_mode import fit
 from tests.conftest import REPO, tiny_wheel
 from tests.test_local_mode_v3 import PYTHON as SDK3_PYTHON
 
@@ -43,15 +43,15 @@ def untar(archive: Path, folder: Path) -> Path:
 
 
 def test_metric_definition_reads_the_examples_line():
-    (metric,) = train.EXAMPLE_METRICS
+    (metric,) = fit.EXAMPLE_METRICS
     assert re.search(metric["Regex"], "test_accuracy=0.4167").group(1) == "0.4167"
 
 
 @pytest.mark.parametrize("instances", [1, 2])
 def test_the_example_script_trains_in_local_mode(sdk_session, sample_data, tmp_path, capfd, instances):
-    script = train.Script("train_model.py", str(source_folder(tmp_path / "src")), instances > 1, train.EXAMPLE_METRICS)
+    script = fit.Script("train_model.py", str(source_folder(tmp_path / "src")), instances > 1, fit.EXAMPLE_METRICS)
     out = tmp_path / "out"
-    train.fit(IMAGE, str(sample_data), HYPERPARAMETERS, "local", instances, output_path=f"file://{out}",
+    fit.fit(IMAGE, str(sample_data), HYPERPARAMETERS, "local", instances, output_path=f"file://{out}",
               session=sdk_session, script=script)  # fmt: skip
     logs = capfd.readouterr().out
     assert len(re.findall(r"Successfully installed byoc.train.probe-0.1", logs)) == instances
@@ -79,7 +79,7 @@ def test_the_example_script_trains_with_sdk_v3_source_code(images, sample_data, 
     source = source_folder(tmp_path / "src")
     hps = [f"{k}={v}" for k, v in HYPERPARAMETERS.items()]
     result = subprocess.run(
-        [str(SDK3_PYTHON), "-m", "local_mode.train_v3", "--image", IMAGE, "--data", str(sample_data),
+        [str(SDK3_PYTHON), "-m", "local_mode.fit_v3", "--image", IMAGE, "--data", str(sample_data),
          "--output", str(tmp_path / "out"), "--source-dir", str(source), "--entry-script", "train_model.py",
          "--requirements", "requirements.txt", "--hp", *hps],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=900,

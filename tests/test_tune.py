@@ -15,9 +15,11 @@ import optuna
 import pytest
 from botocore.stub import Stubber
 
-from local_mode import results, search, trial_log, tune
-from local_mode import train as local_train
-from local_mode.space import (
+from common.metrics import METRIC_DEFINITIONS, epoch_line, final_line
+from local_mode import fit as local_fit
+from tests.conftest import FAST
+from tuning import results, search, trial_log, tune
+from tuning.space import (
     COURSE_SPACE,
     Space,
     fit_to_data,
@@ -26,8 +28,6 @@ from local_mode.space import (
     training_images,
     write_best,
 )
-from tests.conftest import FAST
-from train.metrics import METRIC_DEFINITIONS, epoch_line, final_line
 
 IMAGE_URI = "123456789012.dkr.ecr.eu-west-1.amazonaws.com/byoc-classifier-training:latest"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
@@ -114,7 +114,7 @@ def test_cloud_tuner_sends_the_course_search_as_one_exact_request(stubbed):
     assert {"Name": "validation:accuracy", "Regex": OBJECTIVE_REGEX} in METRIC_DEFINITIONS
 
 
-def test_cloud_best_becomes_a_file_that_local_mode_train_reads(stubbed, tmp_path):
+def test_cloud_best_becomes_a_file_that_local_mode_fit_reads(stubbed, tmp_path):
     session, stub = stubbed
     best = {
         "TrainingJobName": "byoc-tune-1-007-abc",
@@ -159,7 +159,7 @@ def test_cloud_best_becomes_a_file_that_local_mode_train_reads(stubbed, tmp_path
     saved = json.loads(path.read_text())
     assert saved["objective"] == {"metric": "validation:accuracy", "type": "Maximize", "value": 0.81}
     assert saved["source"]["model_data"].endswith("/byoc-tune-1-007-abc/output/model.tar.gz")
-    hps = local_train.hyperparameters_of(path, ["epochs=20"])
+    hps = local_fit.hyperparameters_of(path, ["epochs=20"])
     assert hps == {"epochs": "20", "lr": "0.0123", "batch-size": "64", "momentum": "0.85"}
 
 
@@ -200,23 +200,23 @@ def test_space_is_the_course_space_and_narrows_to_small_training_sets(sample_dat
     assert min(float(s["lr"]) for s in suggested) < 0.01 < max(float(s["lr"]) for s in suggested)  # log-uniform
 
 
-def test_best_file_round_trip_into_local_mode_train(tmp_path, capsys):
+def test_best_file_round_trip_into_local_mode_fit(tmp_path, capsys):
     path = tmp_path / "best.json"
     write_best(path, {"lr": 0.02, "batch-size": 64, "momentum": "0.8", "epochs": "3"}, 0.9, {"kind": "local"})
     assert read_hyperparameters(path) == {"lr": "0.02", "batch-size": "64", "momentum": "0.8", "epochs": "3"}
-    merged = local_train.hyperparameters_of(path, ["epochs=12", "image-size=224"])
+    merged = local_fit.hyperparameters_of(path, ["epochs=12", "image-size=224"])
     assert merged == {"lr": "0.02", "batch-size": "64", "momentum": "0.8", "epochs": "12", "image-size": "224"}
     flat = tmp_path / "flat.json"
     flat.write_text(json.dumps({"lr": 0.05, "pretrained": False}))
-    assert local_train.hyperparameters_of(flat, []) == {"lr": "0.05", "pretrained": "False"}
+    assert local_fit.hyperparameters_of(flat, []) == {"lr": "0.05", "pretrained": "False"}
     (tmp_path / "bad.json").write_text("[1, 2]")
     argv = ["--image", "x", "--data", str(tmp_path)]
     with pytest.raises(SystemExit, match=r"^error: .*bad.json: expected"):
-        local_train.main([*argv, "--hyperparameters-file", str(tmp_path / "bad.json")])
+        local_fit.main([*argv, "--hyperparameters-file", str(tmp_path / "bad.json")])
     with pytest.raises(SystemExit, match=r"^error: cannot read hyperparameters from .*missing.json"):
-        local_train.main([*argv, "--hyperparameters-file", str(tmp_path / "missing.json")])
+        local_fit.main([*argv, "--hyperparameters-file", str(tmp_path / "missing.json")])
     with pytest.raises(SystemExit, match=r"^error: --hp takes key=value, not 'epochs'"):
-        local_train.main([*argv, "--hp", "epochs"])
+        local_fit.main([*argv, "--hp", "epochs"])
 
 
 # --- the local search's parts ------------------------------------------------------------
@@ -397,7 +397,7 @@ def test_three_trial_local_search_on_the_sample_data(images, sample_data, tmp_pa
     assert all(len(t.user_attrs["history"]) == 2 for t in trials[:2]) and len(trials[2].user_attrs["history"]) == 1
     # The pruned trial's container got SIGTERM from `docker stop` and checkpointed on its way out.
     pruned = settings.out / "trials" / "trial-002"
-    assert "stopped by signal" in (local_train.failure_reason(f"file://{pruned}", pruned) or "")
+    assert "stopped by signal" in (local_fit.failure_reason(f"file://{pruned}", pruned) or "")
 
     saved = json.loads(best.read_text())
     assert space.contains(saved["hyperparameters"]) and saved["hyperparameters"]["epochs"] == "2"

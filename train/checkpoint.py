@@ -1,45 +1,28 @@
-"""Checkpoints: written atomically every epoch and on SIGTERM, resumed on start.
+"""Checkpoints: written atomically every epoch and on SIGTERM, resumed on start; the best weights.
 
 SageMaker syncs ``/opt/ml/checkpoints`` to S3 (and back on a spot restart); StopTrainingJob
-and spot interruptions send SIGTERM about 120 s before SIGKILL.
+and spot interruptions send SIGTERM about 120 s before SIGKILL (``train.stop``).
 """
 
 from __future__ import annotations
 
 import logging
-import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from model_artifact import atomic_write
+from train import distributed
 from train.config import OPERATIONAL
 from train.failure import TrainingError
+from train.loop import Step
+from train.progress import Meter
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
 BEST_FILE = "best.pt"
-
-
-class StopRequest:
-    """Set by SIGTERM/SIGINT; the training loop checks it after every step."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-
-    def install(self) -> StopRequest:
-        """Handle SIGTERM and SIGINT from now on (main thread only)."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handle)
-        return self
-
-    def _handle(self, signum: int, _frame) -> None:
-        log.warning("received %s: stopping after this step and saving a checkpoint", signal.Signals(signum).name)
-        self.signal = signum
-
-    @property
-    def requested(self) -> bool:
-        return self.signal is not None
 
 
 def save(folder: Path, state: dict, name: str = CHECKPOINT_FILE) -> Path:
@@ -87,3 +70,53 @@ def load(folder: Path, identity: dict, name: str = CHECKPOINT_FILE) -> dict | No
         )  # fmt: skip
         return None
     return state
+
+
+@dataclass
+class Progress:
+    """The job's record so far: one metrics record per finished epoch, and the best epoch."""
+
+    history: list[dict] = field(default_factory=list)
+    best: dict = field(default_factory=lambda: {"epoch": None, "score": -1.0})
+
+
+def save_resumable(folder: Path, identity: dict, epoch: int, meter: Meter, step: Step, progress: Progress) -> Path:
+    """Write the resumable state (rank 0 only): ``epoch`` is the next to (continue to) train."""
+    state = {
+        "identity": identity,
+        "epoch": epoch,
+        "meter": meter.as_dict(),
+        "model": step.net.state_dict(),
+        "optimizer": step.optimizer.state_dict(),
+        "scaler": step.scaler.state_dict(),
+        "history": progress.history,
+        "best": progress.best,
+    }
+    path = save(folder, state)
+    log.info("checkpoint saved: %s (epoch %d, %d batches into it)", path, epoch + 1, meter.batches)
+    return path
+
+
+def resume(folder: Path, identity: dict, step: Step, is_main: bool) -> tuple[int, Meter, Progress] | None:
+    """Rank 0's checkpoint, broadcast and loaded into ``step`` on every rank; None: start fresh.
+
+    Returns the epoch to (continue to) train, its meter so far, and the record of the epochs before.
+    """
+    state = distributed.broadcast(load(folder, identity) if is_main else None)
+    if state is None:
+        return None
+    step.net.load_state_dict(state["model"])
+    step.optimizer.load_state_dict(state["optimizer"])
+    step.scaler.load_state_dict(state["scaler"])
+    return state["epoch"], Meter(**state["meter"]), Progress(state["history"], state["best"])
+
+
+def save_best(folder: Path, net: nn.Module) -> Path:
+    """Keep ``net``'s weights as the best so far."""
+    return save(folder, net.state_dict(), BEST_FILE)
+
+
+def load_best(folder: Path, net: nn.Module, is_main: bool) -> None:
+    """Load the best weights into ``net`` on every rank (rank 0 reads them)."""
+    state = torch.load(folder / BEST_FILE, map_location="cpu", weights_only=True) if is_main else None
+    net.load_state_dict(distributed.broadcast(state))

@@ -15,6 +15,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.cpus import available_cpus  # re-exported: train.config.available_cpus
 from train.failure import TrainingError
 
 DEFAULT_BASE_DIR = "/opt/ml"
@@ -91,30 +92,9 @@ def log_level(env: os._Environ | dict | None = None) -> int:
     return logging.INFO
 
 
-def available_cpus() -> int:
-    """CPUs this process may use: affinity mask and cgroup (v2 or v1) quota both count."""
-    cpus = len(os.sched_getaffinity(0))
-    quota = _cgroup_cpu_quota()
-    return max(1, min(cpus, math.ceil(quota))) if quota else cpus
-
-
 def cpus_per_process() -> int:
     """This host's CPUs shared among its training processes (LOCAL_WORLD_SIZE): auto ``num-workers``."""
     return max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
-
-
-def _cgroup_cpu_quota() -> float | None:
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return None if quota == "max" else int(quota) / int(period)
-    except (OSError, ValueError):
-        pass
-    try:
-        quota = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text())
-        period = int(Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text())
-        return quota / period if quota > 0 else None
-    except (OSError, ValueError):
-        return None
 
 
 # --- value types: each raises ArgumentTypeError with the allowed values -------------------

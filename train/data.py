@@ -29,11 +29,11 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision.transforms import v2
 
 import model_artifact
+from common.images import IMAGE_EXTENSIONS
 from train.config import MAX_IMAGE_PIXELS
 from train.failure import TrainingError, first_line
 
 log = logging.getLogger(__name__)
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VALIDATION_FOLDERS = ("valid", "val", "validation")
 CALTECH_WRAPPER = "256_ObjectCategories"
 CLUTTER = "257.clutter"

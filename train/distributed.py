@@ -32,11 +32,22 @@ class Context:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    local_world_size: int = 1  # processes per host
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def on_first_host(self) -> bool:
+        """This process runs on host 0, the host of rank 0 (the model's writer)."""
+        return self.rank < self.local_world_size
+
+
+def env_rank() -> int:
+    """This process's rank as the launcher set it (0 when run alone); readable before ``init``."""
+    return int(os.environ.get("RANK", "0"))
 
 
 def process_env(hosts: list[str], current_host: str, local_rank: int, per_host: int, interface: str | None) -> dict:
@@ -72,8 +83,8 @@ def wait_for_hosts(hosts: list[str], timeout: float = HOST_WAIT_SECONDS) -> None
 
 def init(timeout_minutes: float = 30) -> Context:
     """Join the process group described by the launcher's variables (or run alone)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), env_rank()
+    local_rank, per_host = int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
@@ -97,16 +108,17 @@ def init(timeout_minutes: float = 30) -> Context:
             device_id=device if device.type == "cuda" else None,
         )
         log.info("process group ready: world size %d", world)
-    return Context(rank=rank, world_size=world, local_rank=local_rank, device=device)
+    return Context(rank=rank, world_size=world, local_rank=local_rank, local_world_size=per_host, device=device)
 
 
-def _active() -> bool:
+def is_active() -> bool:
+    """Whether a process group is up (several processes train together)."""
     return dist.is_available() and dist.is_initialized()
 
 
 def all_sum(values: list[float]) -> list[float]:
     """Sum numbers over all ranks (identity when alone)."""
-    if not _active():
+    if not is_active():
         return list(values)
     device = "cuda" if dist.get_backend() == "nccl" else "cpu"
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
@@ -116,12 +128,12 @@ def all_sum(values: list[float]) -> list[float]:
 
 def any_true(flag: bool) -> bool:
     """True on every rank if it is true on any (so all ranks stop at the same step)."""
-    return all_sum([float(flag)])[0] > 0 if _active() else flag
+    return all_sum([float(flag)])[0] > 0 if is_active() else flag
 
 
 def broadcast(obj):
     """Rank 0's ``obj`` on every rank."""
-    if not _active():
+    if not is_active():
         return obj
     box = [obj]
     dist.broadcast_object_list(box, src=0)
@@ -130,11 +142,11 @@ def broadcast(obj):
 
 def barrier() -> None:
     """Wait until every rank gets here (no-op when alone)."""
-    if _active():
+    if is_active():
         dist.barrier()
 
 
 def shutdown() -> None:
     """Leave the process group cleanly."""
-    if _active():
+    if is_active():
         dist.destroy_process_group()

@@ -1,7 +1,7 @@
-"""Metrics: one stable ``key=value`` line per epoch, the tuner's regexes, JSON and a PNG.
+"""Metrics: the per-epoch lines and the tuner's regexes (``common.metrics``), JSON and a PNG.
 
-The regexes below are the only place that knows the log format besides ``epoch_line``;
-pass ``METRIC_DEFINITIONS`` to ``Estimator(metric_definitions=...)`` or the tuner.
+The line format and ``METRIC_DEFINITIONS`` live in ``common.metrics``, which the SDK side
+(estimators, the tuner, the local search) imports without torch; they are re-exported here.
 """
 
 from __future__ import annotations
@@ -10,43 +10,10 @@ import json
 import logging
 from pathlib import Path
 
+from common.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, OBJECTIVE_METRIC, epoch_line, final_line
+
+__all__ = ["EPOCH_KEYS", "METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "epoch_line", "final_line", "write_report"]
 log = logging.getLogger(__name__)
-_NUMBER = r"([0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?)"
-EPOCH_KEYS = (
-    "train_loss",
-    "train_accuracy",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "img_per_sec",
-    "data_wait",
-    "epoch_time",
-)
-METRIC_DEFINITIONS = [
-    {"Name": "train:loss", "Regex": rf"\btrain_loss={_NUMBER}"},
-    {"Name": "train:accuracy", "Regex": rf"\btrain_accuracy={_NUMBER}"},
-    {"Name": "validation:loss", "Regex": rf"\bval_loss={_NUMBER}"},
-    {"Name": "validation:accuracy", "Regex": rf"\bval_accuracy={_NUMBER}"},
-    {"Name": "train:throughput", "Regex": rf"\bimg_per_sec={_NUMBER}"},
-    {"Name": "train:data_wait", "Regex": rf"\bdata_wait={_NUMBER}"},
-    {"Name": "test:loss", "Regex": rf"\btest_loss={_NUMBER}"},
-    {"Name": "test:accuracy", "Regex": rf"\btest_accuracy={_NUMBER}"},
-]
-OBJECTIVE_METRIC = "validation:accuracy"
-
-
-def _format(record: dict) -> str:
-    return " ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in record.items())
-
-
-def epoch_line(record: dict) -> str:
-    """``epoch=3 train_loss=0.41 ... epoch_time=12.3`` (values rounded to 6 significant digits)."""
-    return _format({"epoch": record["epoch"]} | {k: record[k] for k in EPOCH_KEYS if k in record})
-
-
-def final_line(final: dict) -> str:
-    """``final best_epoch=4 best_val_accuracy=0.91 test_loss=... test_accuracy=...``."""
-    return "final " + _format(final)
 
 
 def write_report(folder: Path, history: list[dict], final: dict) -> None:

@@ -1,6 +1,6 @@
 """The profiler report: what SageMaker Debugger's rules checked in the course job, on our numbers.
 
-Each rule turns the profiler's summary (``train.profiler``) into a finding: ``rule``,
+Each rule turns the profiler's ``Summary`` (``train.profiler``) into a finding: ``rule``,
 ``triggered``, ``applicable``, the ``numbers`` behind it, its ``threshold`` and a concrete
 ``recommendation``. ``write`` puts them into ``report.json`` and a self-contained
 ``report.html`` with the plots embedded.
@@ -15,6 +15,8 @@ import json
 import logging
 import statistics
 from pathlib import Path
+
+from train.profiler import Summary
 
 log = logging.getLogger(__name__)
 # Above a quarter of each step spent waiting for the batch, more decoding capacity shortens
@@ -39,23 +41,23 @@ INIT_MAX_SHARE, INIT_MIN_SECONDS = 0.2, 60.0
 OUTLIER_FACTOR, OUTLIER_MAX_TIME_SHARE = 3.0, 0.1
 
 
-def warmup_steps(summary: dict) -> int:
+def warmup_steps(summary: Summary) -> int:
     """Steps before the profiler's own (loader start-up, allocator warm-up): not the steady state."""
-    return summary["profiled_steps"][0] - 1
+    return summary.profiled_steps[0] - 1
 
 
-def steady_steps(summary: dict) -> list[int]:
+def steady_steps(summary: Summary) -> list[int]:
     """Indices of the steps that show the steady state: after the warm-up, outside the profiled steps
     (tracing slows those down)."""
-    count, warmup = len(summary["steps"]["time"]), warmup_steps(summary)
-    first, last = summary["profiled_steps"]
+    count, warmup = len(summary.steps.time), warmup_steps(summary)
+    first, last = summary.profiled_steps
     steady = [i for i in range(warmup, count) if not first <= i + 1 <= last]
     return steady or list(range(min(warmup, max(count - 1, 0)), count))  # a short run: what there is
 
 
-def step_stats(summary: dict) -> dict:
+def step_stats(summary: Summary) -> dict:
     """Step-time figures of the steady steps, and the data-wait share of all steps."""
-    times, waits = summary["steps"]["time"], summary["steps"]["data_wait"]
+    times, waits = summary.steps.time, summary.steps.data_wait
     steady = steady_steps(summary)
     steady_t, steady_w = [times[i] for i in steady], [waits[i] for i in steady]
     median = statistics.median(steady_t) if steady_t else None
@@ -68,7 +70,7 @@ def step_stats(summary: dict) -> dict:
         "median_data_wait_seconds": statistics.median(steady_w) if steady_w else None,
         "data_wait_share": sum(steady_w) / sum(steady_t) if sum(steady_t) else 0.0,
         "data_wait_share_all_steps": sum(waits) / sum(times) if sum(times) else 0.0,
-        "img_per_sec": summary["batch_size"] * summary["world_size"] / median if median else None,
+        "img_per_sec": summary.batch_size * summary.world_size / median if median else None,
     }
 
 
@@ -91,9 +93,9 @@ def finding(rule: str, triggered: bool, numbers: dict, threshold: dict, recommen
     }
 
 
-def loader_bottleneck(summary: dict, stats: dict) -> dict:
+def loader_bottleneck(summary: Summary, stats: dict) -> dict:
     """Steps that spend a large share of their time waiting for the next batch."""
-    share, workers, cpus = stats["data_wait_share"], summary["workers"], summary["cpus_per_process"]
+    share, workers, cpus = stats["data_wait_share"], summary.workers, summary.cpus_per_process
     numbers = {
         "data_wait_share": share,
         "data_wait_share_all_steps": stats["data_wait_share_all_steps"],
@@ -104,7 +106,7 @@ def loader_bottleneck(summary: dict, stats: dict) -> dict:
     }
     triggered = share > LOADER_WAIT_SHARE
     cheaper = (
-        f"resize the photos offline to about {round(summary['image_size'] / 0.875)} px (each is decoded at full "
+        f"resize the photos offline to about {round(summary.image_size / 0.875)} px (each is decoded at full "
         "size), prefer JPEG (decoded at reduced scale) to PNG, or choose an instance with more vCPUs per GPU"
     )
     if not triggered:
@@ -119,11 +121,11 @@ def loader_bottleneck(summary: dict, stats: dict) -> dict:
     return finding("LoaderBottleneck", triggered, numbers, {"data_wait_share": LOADER_WAIT_SHARE}, text)
 
 
-def worker_count(summary: dict, stats: dict) -> dict:
+def worker_count(summary: Summary, stats: dict) -> dict:
     """Loader workers against the CPUs this process may use."""
-    workers, cpus = summary["workers"], summary["cpus_per_process"]
+    workers, cpus = summary.workers, summary.cpus_per_process
     ratio = workers / cpus
-    numbers = {"workers": workers, "cpus_per_process": cpus, "available_cpus": summary["available_cpus"]}
+    numbers = {"workers": workers, "cpus_per_process": cpus, "available_cpus": summary.available_cpus}
     threshold = {"min_workers_per_cpu": WORKERS_MIN_SHARE, "max_workers_per_cpu": WORKERS_MAX_SHARE}
     if ratio < WORKERS_MIN_SHARE:
         text = f"{workers} loader worker(s) for {cpus} CPUs per process: set num-workers to {cpus} (auto does)."
@@ -137,16 +139,16 @@ def worker_count(summary: dict, stats: dict) -> dict:
     return finding("WorkerCount", triggered, numbers | {"workers_per_cpu": ratio}, threshold, text)
 
 
-def device_utilization(summary: dict) -> tuple[float | None, str]:
+def device_utilization(summary: Summary) -> tuple[float | None, str]:
     """The device's utilization and where it comes from."""
-    if summary["device"] != "cuda":
-        return summary["cpu_utilization"], "CPU time of this process and its loader workers / (wall time x CPUs)"
-    if summary["gpu_utilization"] is not None:
-        return summary["gpu_utilization"], "median of NVML GPU utilization samples"
-    return summary["trace"].get("gpu_busy_share"), "share of the traced steps with a GPU kernel or copy running"
+    if summary.device != "cuda":
+        return summary.cpu_utilization, "CPU time of this process and its loader workers / (wall time x CPUs)"
+    if summary.gpu_utilization is not None:
+        return summary.gpu_utilization, "median of NVML GPU utilization samples"
+    return summary.trace.get("gpu_busy_share"), "share of the traced steps with a GPU kernel or copy running"
 
 
-def low_utilization(summary: dict, stats: dict) -> dict:
+def low_utilization(summary: Summary, stats: dict) -> dict:
     """The device (GPU, or the CPU cores when training on CPU) is idle much of the time."""
     util, source = device_utilization(summary)
     numbers = {"utilization": util, "source": source, "data_wait_share": stats["data_wait_share"]}
@@ -154,7 +156,7 @@ def low_utilization(summary: dict, stats: dict) -> dict:
     if util is None:
         text = "Not measured: the traced steps did not run (too few steps) and NVML is not available."
         return finding("LowUtilization", False, numbers, threshold, text, applicable=False)
-    device = "GPU" if summary["device"] == "cuda" else "CPU"
+    device = "GPU" if summary.device == "cuda" else "CPU"
     triggered = util < LOW_UTILIZATION
     if not triggered:
         text = f"The {device} is busy {util:.0%} of the time."
@@ -173,9 +175,9 @@ def low_utilization(summary: dict, stats: dict) -> dict:
     return finding("LowUtilization", triggered, numbers, threshold, text)
 
 
-def batch_size(summary: dict, stats: dict) -> dict:
+def batch_size(summary: Summary, stats: dict) -> dict:
     """GPU memory headroom: a larger batch would fit and keep the GPU busier."""
-    memory, batch = summary["gpu_memory"], summary["batch_size"]
+    memory, batch = summary.gpu_memory, summary.batch_size
     threshold = {"peak_memory_share": MEMORY_LOW_SHARE, "utilization": GPU_BUSY}
     if not memory:
         text = "Not applicable on CPU: there is no GPU memory whose headroom would bound the batch size."
@@ -205,9 +207,9 @@ def batch_size(summary: dict, stats: dict) -> dict:
     return finding("BatchSize", triggered, numbers, threshold, text)
 
 
-def initialization(summary: dict, stats: dict) -> dict:
+def initialization(summary: Summary, stats: dict) -> dict:
     """Time from the training process's start to its first training step."""
-    init, run = summary["init_seconds"], summary["run_seconds"]
+    init, run = summary.init_seconds, summary.run_seconds
     share = init / max(run, 1e-9)
     numbers = {"init_seconds": init, "run_seconds": run, "init_share": share}
     threshold = {"init_share": INIT_MAX_SHARE, "init_seconds": INIT_MIN_SECONDS}
@@ -222,9 +224,9 @@ def initialization(summary: dict, stats: dict) -> dict:
     return finding("Initialization", triggered, numbers, threshold, text)
 
 
-def step_outliers(summary: dict, stats: dict) -> dict:
+def step_outliers(summary: Summary, stats: dict) -> dict:
     """Steady steps much slower than the median, and what they cost."""
-    times, waits, epochs = (summary["steps"][k] for k in ("time", "data_wait", "epoch"))
+    times, waits, epochs = summary.steps.time, summary.steps.data_wait, summary.steps.epoch
     steady = steady_steps(summary)
     median = stats["median_step_seconds"] or 0.0
     slow = [i for i in steady if times[i] > OUTLIER_FACTOR * median]
@@ -267,20 +269,20 @@ def step_outliers(summary: dict, stats: dict) -> dict:
 RULES = (loader_bottleneck, worker_count, low_utilization, batch_size, initialization, step_outliers)
 
 
-def analyze(summary: dict) -> tuple[dict, list[dict]]:
+def analyze(summary: Summary) -> tuple[dict, list[dict]]:
     """Step statistics and every rule's finding."""
     stats = step_stats(summary)
     return stats, [rule(summary, stats) for rule in RULES]
 
 
-def write(folder: Path, summary: dict) -> dict | None:
+def write(folder: Path, summary: Summary) -> dict | None:
     """``report.json`` and ``report.html`` in ``folder``; never fails the job (returns None then)."""
     try:
         stats, findings = analyze(summary)
-        report = {"findings": findings, "stats": stats, "summary": summary}
+        report = {"findings": findings, "stats": stats, "summary": summary.as_dict()}
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "report.json").write_text(json.dumps(report, indent=1))
-        (folder / "report.html").write_text(render_html(report))
+        (folder / "report.html").write_text(render_html(summary, stats, findings))
     except Exception:  # a report must never fail a finished training job
         log.exception("could not write the profiler report")
         return None
@@ -292,38 +294,37 @@ def write(folder: Path, summary: dict) -> dict | None:
 # --- HTML ---------------------------------------------------------------------------------
 
 
-def render_html(report: dict) -> str:
+def render_html(s: Summary, stats: dict, findings: list[dict]) -> str:
     """One self-contained page: summary, findings, plots (embedded PNG) and top operators."""
-    s, stats = report["summary"], report["stats"]
-    rows = "".join(_finding_row(f) for f in report["findings"])
+    rows = "".join(_finding_row(f) for f in findings)
     overview = {
-        "device": s["device_name"],
+        "device": s.device_name,
         "steps": stats["steps"],
         "median step": _fmt(stats["median_step_seconds"], "s"),
         "data wait (steady)": f"{stats['data_wait_share']:.1%}",
         "throughput": f"{stats['img_per_sec']:.1f} img/s" if stats["img_per_sec"] else "-",
-        "initialization": _fmt(s["init_seconds"], "s"),
-        "run": _fmt(s["run_seconds"], "s"),
-        "loader workers / CPUs per process": f"{s['workers']} / {s['cpus_per_process']}",
-        "batch size": s["batch_size"],
-        "trace": f"{s['trace'].get('file', 'none')} (steps {s['trace'].get('steps', '-')})",
+        "initialization": _fmt(s.init_seconds, "s"),
+        "run": _fmt(s.run_seconds, "s"),
+        "loader workers / CPUs per process": f"{s.workers} / {s.cpus_per_process}",
+        "batch size": s.batch_size,
+        "trace": f"{s.trace.get('file', 'none')} (steps {s.trace.get('steps', '-')})",
     }
     overview_rows = "".join(
         f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>" for k, v in overview.items()
     )
     plots = "".join(
-        f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">' for name, data in _plots(report)
+        f'<img alt="{html.escape(name)}" src="data:image/png;base64,{data}">' for name, data in _plots(s, stats)
     )
     ops = "".join(
         f"<tr><td>{html.escape(o['name'])}</td><td>{o['calls']}</td><td>{o['self_cpu_ms']:.1f}</td>"
         f"<td>{o['self_device_ms']:.1f}</td></tr>"
-        for o in s["trace"].get("top_ops", [])
+        for o in s.trace.get("top_ops", [])
     )
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>Profiler report</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:1100px}}table{{border-collapse:collapse;margin:1em 0}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}}.fired{{background:#fde2e1}}
 .ok{{background:#e6f4ea}}.na{{background:#eee}}img{{max-width:100%}}code{{font-size:90%}}</style></head><body>
-<h1>Profiler report (rank {s["rank"]})</h1><table>{overview_rows}</table>
+<h1>Profiler report (rank {s.rank})</h1><table>{overview_rows}</table>
 <h2>Findings</h2><table><tr><th>rule</th><th>status</th><th>recommendation</th><th>numbers</th><th>threshold</th></tr>
 {rows}</table><h2>Steps and utilization</h2>{plots}
 <h2>Top operators in the traced steps</h2><table><tr><th>operator</th><th>calls</th><th>self CPU ms</th>
@@ -347,12 +348,12 @@ def _fmt(value, unit: str = "") -> str:
     return str(value)
 
 
-def _plots(report: dict) -> list[tuple[str, str]]:
+def _plots(summary: Summary, stats: dict) -> list[tuple[str, str]]:
     try:
         import matplotlib
 
         matplotlib.use("Agg")
-        return [("steps", _png(_steps_figure(report))), ("utilization", _png(_utilization_figure(report)))]
+        return [("steps", _png(_steps_figure(summary, stats))), ("utilization", _png(_utilization_figure(summary)))]
     except Exception:  # the numbers are in the tables and report.json regardless
         log.exception("could not draw the profiler plots")
         return []
@@ -367,25 +368,25 @@ def _png(fig) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _steps_figure(report: dict):
+def _steps_figure(summary: Summary, stats: dict):
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    steps, stats = report["summary"]["steps"], report["stats"]
-    x = list(range(1, len(steps["time"]) + 1))
+    steps = summary.steps
+    x = list(range(1, len(steps.time) + 1))
     fig, ax = plt.subplots(figsize=(11, 4))
-    ax.plot(x, steps["time"], lw=1, label="step time")
-    ax.fill_between(x, 0, steps["data_wait"], alpha=0.5, color="tab:red", label="data wait")
+    ax.plot(x, steps.time, lw=1, label="step time")
+    ax.fill_between(x, 0, steps.data_wait, alpha=0.5, color="tab:red", label="data wait")
     if stats["median_step_seconds"]:
         ax.axhline(OUTLIER_FACTOR * stats["median_step_seconds"], ls=":", color="gray", label="outlier limit")
-    starts = [i + 1 for i in range(1, len(x)) if steps["epoch"][i] != steps["epoch"][i - 1]]
+    starts = [i + 1 for i in range(1, len(x)) if steps.epoch[i] != steps.epoch[i - 1]]
     for i in starts[:100]:
         ax.axvline(i, color="gray", lw=0.5)
-    profiled = report["summary"].get("profiled_steps")
+    profiled = summary.profiled_steps
     if profiled and profiled[1] >= profiled[0]:
         ax.axvspan(profiled[0] - 0.5, profiled[1] + 0.5, color="tab:green", alpha=0.15, label="profiled (left out)")
     if x:
-        warmup = min(warmup_steps(report["summary"]), len(x))
+        warmup = min(warmup_steps(summary), len(x))
         ax.axvspan(0.5, warmup + 0.5, color="gray", alpha=0.15, label="warm-up (left out)")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title="per training step (grey lines: epoch starts)", xlabel="step", ylabel="seconds")
@@ -394,11 +395,11 @@ def _steps_figure(report: dict):
     return fig
 
 
-def _utilization_figure(report: dict):
+def _utilization_figure(summary: Summary):
     from matplotlib import pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    samples = report["summary"]["samples"]
+    samples = summary.samples
     fig, ax = plt.subplots(figsize=(11, 3))
     x = [s["step"] for s in samples]
     ax.plot(x, [s["cpu"] for s in samples], "-o", ms=2, label="CPU (process and workers)")

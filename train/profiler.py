@@ -13,6 +13,7 @@ import contextlib
 import logging
 import statistics
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import psutil
@@ -28,11 +29,59 @@ SAMPLE_SECONDS = 1.0  # NVML itself averages GPU utilization over up to a second
 TOP_OPS = 15
 
 
+@dataclass
+class Workload:
+    """How the profiled process is set up: what the report's rules weigh the measurements against."""
+
+    world_size: int
+    available_cpus: int
+    cpus_per_process: int
+    workers: int  # loader workers
+    batch_size: int
+    image_size: int
+
+
+@dataclass
+class Steps:
+    """Per training step of the run (index i: step i + 1): wall time, data wait (s) and epoch."""
+
+    time: list[float]
+    data_wait: list[float]
+    epoch: list[int]
+
+
+@dataclass
+class Summary(Workload):
+    """Everything one process measured; ``as_dict`` is ``report.json``'s ``summary``."""
+
+    device: str  # "cuda" or "cpu"
+    device_name: str
+    rank: int
+    init_seconds: float  # process start to the first training step
+    run_seconds: float
+    steps: Steps
+    samples: list[dict]  # about once a second: step, wall, cpu_seconds, gpu, cpu (utilization)
+    cpu_utilization: float | None
+    gpu_utilization: float | None
+    gpu_memory: dict | None  # peak_allocated, peak_reserved, total (bytes); None on CPU
+    profiled_steps: list[int]  # [first, last], 1-based: slowed by the profiler's own overhead
+    trace: dict  # file, steps, gpu_busy_share, top_ops; {} when no step was traced
+
+    def as_dict(self) -> dict:
+        """JSON-ready."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> Summary:
+        """The inverse of ``as_dict`` (``report.json``'s ``summary`` read back)."""
+        return cls(**(values | {"steps": Steps(**values["steps"])}))
+
+
 class Profiler:
     """Collects the numbers of one training process; ``summary`` returns them."""
 
-    def __init__(self, folder: Path, device: torch.device, rank: int, active_steps: int, context: dict):
-        self.folder, self.device, self.rank, self.context = folder, device, rank, context
+    def __init__(self, folder: Path, device: torch.device, rank: int, active_steps: int, workload: Workload):
+        self.folder, self.device, self.rank, self.workload = folder, device, rank, workload
         self.process = psutil.Process()
         self.started = self.process.create_time()  # wall clock; initialization counts from here
         self.first_step: float | None = None
@@ -98,29 +147,30 @@ class Profiler:
             except Exception:  # profiling must never fail the job or mask its own error
                 log.exception("could not stop the profiler")
 
-    def summary(self) -> dict:
-        """Everything measured, JSON-ready; the run ends now."""
+    def summary(self) -> Summary:
+        """Everything measured; the run ends now."""
         self.stop_trace()
-        cpus = self.context["cpus_per_process"]
+        cpus = self.workload.cpus_per_process
         wall = sum(s["wall"] for s in self.samples)
         busy = sum(s["cpu_seconds"] for s in self.samples)
         gpu = [s["gpu"] for s in self.samples if s["gpu"] is not None]
         end = time.time()
-        return self.context | {
-            "device": self.device.type,
-            "device_name": torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
-            "rank": self.rank,
-            "init_seconds": (self.first_step or end) - self.started,
-            "run_seconds": end - self.started,
-            "steps": {"time": _rounded(self.step_times), "data_wait": _rounded(self.data_waits), "epoch": self.epochs},
-            "samples": [s | {"cpu": s["cpu_seconds"] / max(s["wall"] * cpus, 1e-9)} for s in self.samples],
-            "cpu_utilization": busy / (wall * cpus) if wall else None,
-            "gpu_utilization": statistics.median(gpu) if gpu else None,
-            "gpu_memory": _gpu_memory(self.device),
+        return Summary(
+            **asdict(self.workload),
+            device=self.device.type,
+            device_name=torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu",
+            rank=self.rank,
+            init_seconds=(self.first_step or end) - self.started,
+            run_seconds=end - self.started,
+            steps=Steps(_rounded(self.step_times), _rounded(self.data_waits), list(self.epochs)),
+            samples=[s | {"cpu": s["cpu_seconds"] / max(s["wall"] * cpus, 1e-9)} for s in self.samples],
+            cpu_utilization=busy / (wall * cpus) if wall else None,
+            gpu_utilization=statistics.median(gpu) if gpu else None,
+            gpu_memory=_gpu_memory(self.device),
             # steps slowed by the profiler's own overhead (its warm-up and traced steps)
-            "profiled_steps": [TRACE_WAIT_STEPS + 1, min(self.trace_steps[1], len(self.step_times))],
-            "trace": self.trace,
-        }
+            profiled_steps=[TRACE_WAIT_STEPS + 1, min(self.trace_steps[1], len(self.step_times))],
+            trace=self.trace,
+        )
 
     def _export(self, prof: torch.profiler.profile) -> None:
         """torch.profiler's ``on_trace_ready``: write the trace, keep its step range and top ops."""

@@ -16,7 +16,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-CLASSES = ("ball", "box", "cone", "ring")
+from common.images import SAMPLE_CLASSES as CLASSES
+
 SPLITS = {"training": 60, "validation": 15, "test": 15}
 
 

@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
+from common.cpus import available_cpus
+from local_mode import fit as local_fit
 from local_mode import session as local
-from local_mode import train as local_train
-from local_mode.space import COURSE_SPACE, Space, suggest
-from local_mode.train import channels_of
-from local_mode.trial_log import Monitor, Router
-from train.config import available_cpus
+from local_mode.fit import channels_of
+from tuning.space import COURSE_SPACE, Space, suggest
+from tuning.trial_log import Monitor, Router
 
 
 class TrialFailed(Exception):
@@ -85,7 +85,7 @@ def _run_job(trial, settings: Settings, router: Router, hyperparameters: dict, f
         with router.routing(monitor.write):  # the SDK's own lines, too, go to the trial's log
             session = _session(settings, root)
             try:
-                local_train.fit(
+                local_fit.fit(
                     settings.image, settings.data, hyperparameters, settings.instance_type,
                     output_path=f"file://{folder}", session=session,
                     environment={"OMP_NUM_THREADS": str(settings.cpus_per_trial)},

@@ -1,6 +1,6 @@
 """Train with the training image through the SageMaker Python SDK v3's ``ModelTrainer`` in local mode.
 
-    .venv-sdk3/bin/python -m local_mode.train_v3 --image byoc-classifier-training:latest --data data/sample \\
+    .venv-sdk3/bin/python -m local_mode.fit_v3 --image byoc-classifier-training:latest --data data/sample \\
         [--instance-type local_cpu|local_gpu] [--instance-count 2] [--output DIR] [--hp epochs=3 ...] \\
         [--source-dir examples/script_mode --entry-script train_model.py [--requirements requirements.txt]]
 
@@ -25,9 +25,9 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from common.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
+from local_mode.fit import TrainingFailed, channels_of, hyperparameters_of  # shared with SDK v2 training
 from local_mode.session import PreflightError, config_file, preflight, remove_jobs
-from local_mode.train import TrainingFailed, channels_of, hyperparameters_of  # shared with SDK v2 training
-from train.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
 
 CONFIG_OVERRIDE = "SAGEMAKER_USER_CONFIG_OVERRIDE"
 IMDS_OFF = "AWS_EC2_METADATA_DISABLED"  # local data and a local image need no credentials

@@ -1,15 +1,15 @@
 """Hyperparameter tuning with the training image: SageMaker's tuner, or the same search locally.
 
-    python -m local_mode.tune local --image byoc-classifier-training:latest --data data/sample \\
+    python -m tuning.tune local --image byoc-classifier-training:latest --data data/sample \\
         --trials 20 --epochs 5 --out build/tune [--sampler tpe|random] [--seed 1] [--parallel K]
-    python -m local_mode.tune cloud --image <ecr uri> --data s3://bucket/prefix --role <arn> \\
+    python -m tuning.tune cloud --image <ecr uri> --data s3://bucket/prefix --role <arn> \\
         --instance-type ml.g5.xlarge --max-jobs 20 --max-parallel-jobs 2 [--epochs 5]
-    python -m local_mode.tune cloud-best --job <tuning job name> --out best-hyperparameters.json
+    python -m tuning.tune cloud-best --job <tuning job name> --out best-hyperparameters.json
 
 Both search the course's space (lr 0.001-0.1, batch-size 32-512, momentum 0.5-0.9; narrow it
 with --lr, --batch-sizes, --momentum) for the highest validation:accuracy, the metric that
 the training image prints every epoch. Both write ``best-hyperparameters.json``, which
-``python -m local_mode.train --hyperparameters-file`` accepts.
+``python -m local_mode.fit --hyperparameters-file`` accepts.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import os
 import sys
 from pathlib import Path
 
+from common.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 from local_mode import session as local
-from local_mode.space import COURSE_SPACE, TUNED, Space, fit_to_data, sagemaker_ranges, training_images, write_best
-from local_mode.train import channels_of, hyperparameters_of
+from local_mode.fit import channels_of, hyperparameters_of
 from train.config import _number  # the hyperparameters' own bounded-number parser
-from train.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+from tuning.space import COURSE_SPACE, TUNED, Space, fit_to_data, sagemaker_ranges, training_images, write_best
 
 SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # what SageMaker adds to a job's hyperparameters
 
@@ -93,7 +93,7 @@ def best_from_cloud(job_name: str, path: Path, session=None) -> dict:
 
 def run_local(args: argparse.Namespace) -> None:
     """The local search, its table and files."""
-    from local_mode import results, search
+    from tuning import results, search
 
     space, note = fit_to_data(space_of(args), training_images(args.data))
     if note:
@@ -112,7 +112,7 @@ def run_local(args: argparse.Namespace) -> None:
     if best is None:
         raise KeyboardInterrupt if interrupted else ValueError(f"no trial completed; logs in {settings.out}/trials/")
     print(f"best: trial {study.best_trial.number}, val_accuracy {study.best_value:.4g} -> {best}")
-    print(f"train with it: python -m local_mode.train --image {args.image} --data ... --hyperparameters-file {best}")
+    print(f"train with it: python -m local_mode.fit --image {args.image} --data ... --hyperparameters-file {best}")
     if interrupted:
         raise KeyboardInterrupt
 
@@ -125,7 +125,7 @@ def run_cloud(args: argparse.Namespace) -> None:
         seed=args.seed,
     )  # fmt: skip
     name = start_cloud(tuning, args.data, args.job_name)
-    print(f"started tuning job {name}; when done: python -m local_mode.tune cloud-best --job {name}")
+    print(f"started tuning job {name}; when done: python -m tuning.tune cloud-best --job {name}")
 
 
 def space_of(args: argparse.Namespace) -> Space:
@@ -149,7 +149,7 @@ _percentile = _number(float, 0, 100, high_open=True)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m local_mode.tune", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="python -m tuning.tune", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="where", required=True)
     local_p = sub.add_parser("local", help="Optuna trials as local-mode training jobs")
     cloud_p = sub.add_parser("cloud", help="SageMaker's HyperparameterTuner")

@@ -2,7 +2,7 @@
 
 One ``Space`` feeds both searches: ``sagemaker_ranges()`` for SageMaker's tuner and
 ``suggest()`` for an Optuna trial. The best-hyperparameters file is what both write and
-what ``python -m local_mode.train --hyperparameters-file`` reads.
+what ``python -m local_mode.fit --hyperparameters-file`` reads.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ import json
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from train.metrics import OBJECTIVE_METRIC
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+from common.images import IMAGE_EXTENSIONS
+from common.metrics import OBJECTIVE_METRIC
 
 
 @dataclass(frozen=True)
@@ -80,7 +79,7 @@ def training_images(data: str) -> int | None:
         return None
     if (root / "train").is_dir():  # the course layout: training/{train,valid,test}
         root = root / "train"
-    return sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    return sum(1 for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
 def fit_to_data(space: Space, n_train: int | None) -> tuple[Space, str | None]:

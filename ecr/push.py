@@ -1,6 +1,6 @@
 """Push the images to Amazon ECR: create the repositories, log in with boto3, tag, push.
 
-    python -m local_mode.push --region eu-west-1 [--account 123456789012] [--name byoc-classifier] [--tag latest]
+    python -m ecr.push --region eu-west-1 [--account 123456789012] [--name byoc-classifier] [--tag latest]
 
 No AWS CLI needed: the login token comes from ECR's ``GetAuthorizationToken`` through boto3
 and goes to ``docker login --password-stdin``. Prints the URIs to pass as ``image_uri``.

@@ -6,7 +6,7 @@ import csv
 import json
 from pathlib import Path
 
-from local_mode.space import TUNED, write_best
+from tuning.space import TUNED, write_best
 
 COLUMNS = ("trial", "lr", "batch-size", "momentum", "val_accuracy", "best_val_accuracy", "epochs", "state")
 COLUMNS += ("duration_s",)

@@ -14,7 +14,7 @@ import re
 import threading
 from collections.abc import Callable, Iterator
 
-from train.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
+from common.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 
 _OBJECTIVE = re.compile(next(d["Regex"] for d in METRIC_DEFINITIONS if d["Name"] == OBJECTIVE_METRIC))
 _EPOCH = re.compile(r"\bepoch=([0-9]+)\b")  # not best_epoch=: `_` is a word character

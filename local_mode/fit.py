@@ -1,6 +1,6 @@
 """Train with the training image through the SageMaker Python SDK v2.
 
-    python -m local_mode.train --image byoc-classifier-training:latest --data data/sample \\
+    python -m local_mode.fit --image byoc-classifier-training:latest --data data/sample \\
         [--instance-type local|local_gpu|ml.g5.xlarge] [--instance-count 2] [--hp epochs=3 ...] \\
         [--hyperparameters-file build/tune/best-hyperparameters.json] \\
         [--entry-point train_model.py --source-dir examples/script_mode [--torch-distributed]]
@@ -11,7 +11,7 @@ its built-in trainer; ``--torch-distributed`` starts it with torchrun on every i
 The same code trains in the cloud: pass an ECR image URI, ``s3://`` data, an ``ml.*``
 instance type, ``--role`` and ``--output s3://...``.
 
-``--hyperparameters-file`` takes the ``best-hyperparameters.json`` that ``local_mode.tune``
+``--hyperparameters-file`` takes the ``best-hyperparameters.json`` that ``tuning.tune``
 writes (or a flat JSON object of hyperparameters); ``--hp`` values override the file's.
 """
 
@@ -23,8 +23,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.metrics import METRIC_DEFINITIONS
 from local_mode import session as local
-from train.metrics import METRIC_DEFINITIONS
 
 CHANNELS = ("training", "validation", "test")
 
@@ -116,7 +116,7 @@ def failure_reason(output_path: str | None, container_root: Path) -> str | None:
 
 def hyperparameters_of(file: str | Path | None, items: list[str]) -> dict[str, str]:
     """The file's hyperparameters (a tuning result or a flat object), overridden by key=value items."""
-    from local_mode.space import read_hyperparameters
+    from tuning.space import read_hyperparameters
 
     pairs = [item.partition("=") for item in items]
     if bad := [key for key, eq, _ in pairs if not eq or not key]:
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--role", default=local.DUMMY_ROLE)
     parser.add_argument("--output", help="file:// or s3:// folder for model.tar.gz (local default: build/local-out)")
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
-    parser.add_argument("--hyperparameters-file", help="JSON, e.g. local_mode.tune's best-hyperparameters.json")
+    parser.add_argument("--hyperparameters-file", help="JSON, e.g. tuning.tune's best-hyperparameters.json")
     parser.add_argument("--entry-point", help="script mode: the user's training script, relative to --source-dir")
     parser.add_argument("--source-dir", help="script mode: the folder with the script (and requirements.txt)")
     parser.add_argument("--torch-distributed", action="store_true", help="script mode: start it with torchrun")

@@ -1,0 +1,1 @@
+"""Pushing the images to Amazon ECR (``make push``, ``python -m ecr.push``)."""
