@@ -18,7 +18,8 @@ FRAMEWORK_MODULE = "train.launcher:main"
 
 def main() -> None:
     """Entry point of the training image (``docker run IMAGE train``)."""
-    if not os.path.isdir("/opt/ml") and "SAGEMAKER_BASE_DIR" not in os.environ:
+    base = config.base_dir()
+    if not base.is_dir() and base == Path(config.DEFAULT_BASE_DIR):
         sys.exit(
             "error: no /opt/ml here: set SAGEMAKER_BASE_DIR to a folder laid out like /opt/ml "
             "(input/config/*.json, input/data/<channel>/)"
@@ -29,7 +30,7 @@ def main() -> None:
         os.environ["SAGEMAKER_CONTAINER_LOG_LEVEL"] = str(config.log_level())
     # The toolkit writes its failure file only into an existing folder; otherwise a failure
     # exits 0 with no reason (seen with a malformed resourceconfig.json).
-    Path(os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"), "output").mkdir(parents=True, exist_ok=True)
+    (base / "output").mkdir(parents=True, exist_ok=True)
     from sagemaker_training import trainer  # importing reads SAGEMAKER_BASE_DIR
 
     trainer.train()

@@ -10,11 +10,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from common.arguments import number
 from common.cpus import available_cpus  # re-exported: train.config.available_cpus
 from train.failure import TrainingError
 
@@ -44,10 +44,16 @@ class Paths:
     channels: dict[str, Path]
 
 
+def base_dir(env: os._Environ | dict | None = None) -> Path:
+    """``/opt/ml``, or SAGEMAKER_BASE_DIR: a folder laid out like it, to train off SageMaker."""
+    env = os.environ if env is None else env
+    return Path(env.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR))
+
+
 def resolve_paths(env: os._Environ | dict | None = None) -> Paths:
     """Read the toolkit's SM_* variables, falling back to the ``/opt/ml`` layout."""
     env = os.environ if env is None else env
-    base = Path(env.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR))
+    base = base_dir(env)
     if "SM_CHANNELS" in env:
         names = json.loads(env["SM_CHANNELS"])
         channels = {n: Path(env.get(f"SM_CHANNEL_{n.upper()}", base / "input/data" / n)) for n in names}
@@ -92,39 +98,12 @@ def log_level(env: os._Environ | dict | None = None) -> int:
     return logging.INFO
 
 
-def cpus_per_process() -> int:
-    """This host's CPUs shared among its training processes (LOCAL_WORLD_SIZE): auto ``num-workers``."""
-    return max(1, available_cpus() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+def cpus_per_process(processes_on_this_host: int) -> int:
+    """This host's CPUs shared among its training processes: auto ``num-workers``."""
+    return max(1, available_cpus() // processes_on_this_host)
 
 
 # --- value types: each raises ArgumentTypeError with the allowed values -------------------
-
-
-def _number(kind, low=None, high=None, low_open=False, high_open=False):
-    def parse(text: str):
-        try:
-            value = kind(float(text)) if kind is int and float(text).is_integer() else kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"{text!r} is not {_describe(kind, low, high, low_open, high_open)}"
-            ) from None
-        too_low = low is not None and (value <= low if low_open else value < low)
-        too_high = high is not None and (value >= high if high_open else value > high)
-        if too_low or too_high or (kind is float and not math.isfinite(value)):
-            raise argparse.ArgumentTypeError(f"{text!r} is not {_describe(kind, low, high, low_open, high_open)}")
-        return value
-
-    return parse
-
-
-def _describe(kind, low, high, low_open, high_open) -> str:
-    noun = "an integer" if kind is int else "a number"
-    parts = []
-    if low is not None:
-        parts.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-        parts.append(f"{'<' if high_open else '<='} {high}")
-    return noun + (" " + " and ".join(parts) if parts else "")
 
 
 def boolean(text: str) -> bool:
@@ -147,7 +126,7 @@ def _choice(values: tuple[str, ...], aliases: dict[str, str] | None = None):
 
 
 def _workers(text: str) -> int | None:
-    return None if text.lower() == "auto" else _number(int, 0)(text)
+    return None if text.lower() == "auto" else number(int, 0)(text)
 
 
 def _model_name(text: str) -> str:
@@ -171,38 +150,38 @@ class _Parser(argparse.ArgumentParser):
 def get_args_parser() -> argparse.ArgumentParser:
     """The one parser: every hyperparameter, its type and default."""
     p = _Parser(prog="python -m train", description=__doc__, allow_abbrev=False)
-    fraction = _number(float, 0, 1, high_open=True)
-    p.add_argument("--epochs", type=_number(int, 1), default=10)
-    p.add_argument("--batch-size", type=_number(int, 1), default=64, help="per process")
-    p.add_argument("--lr", type=_number(float, 0, low_open=True), default=0.01)
+    fraction = number(float, 0, 1, high_open=True)
+    p.add_argument("--epochs", type=number(int, 1), default=10)
+    p.add_argument("--batch-size", type=number(int, 1), default=64, help="per process")
+    p.add_argument("--lr", type=number(float, 0, low_open=True), default=0.01)
     p.add_argument("--momentum", type=fraction, default=0.9, help="SGD momentum")
-    p.add_argument("--weight-decay", type=_number(float, 0), default=1e-4)
+    p.add_argument("--weight-decay", type=number(float, 0), default=1e-4)
     p.add_argument("--lr-scheduler", type=_choice(LR_SCHEDULERS), default="cosine")
-    p.add_argument("--lr-warmup-epochs", type=_number(int, 0), default=0)
-    p.add_argument("--lr-step-size", type=_number(int, 1), default=3, help="step scheduler")
-    p.add_argument("--lr-gamma", type=_number(float, 0, 1, low_open=True), default=0.1)
-    p.add_argument("--crop-min-scale", type=_number(float, 0, 1, low_open=True), default=0.08, help="RandomResizedCrop")
+    p.add_argument("--lr-warmup-epochs", type=number(int, 0), default=0)
+    p.add_argument("--lr-step-size", type=number(int, 1), default=3, help="step scheduler")
+    p.add_argument("--lr-gamma", type=number(float, 0, 1, low_open=True), default=0.1)
+    p.add_argument("--crop-min-scale", type=number(float, 0, 1, low_open=True), default=0.08, help="RandomResizedCrop")
     p.add_argument("--label-smoothing", type=fraction, default=0.0)
     p.add_argument("--model", type=_model_name, default="resnet18")
     p.add_argument("--pretrained", type=boolean, default=True)
     p.add_argument("--freeze-backbone", type=boolean, default=False, help="train the head only")
-    p.add_argument("--image-size", type=_number(int, 16, 1024), default=224)
+    p.add_argument("--image-size", type=number(int, 16, 1024), default=224)
     p.add_argument("--num-workers", type=_workers, default=None, help="auto: one per CPU")
     amp_aliases = {"true": "auto", "1": "auto", "false": "off", "0": "off"}
     p.add_argument("--amp", type=_choice(AMP_MODES, amp_aliases), default="auto")
     p.add_argument("--channels-last", type=boolean, default=True)
-    p.add_argument("--seed", type=_number(int, 0), default=42)
+    p.add_argument("--seed", type=number(int, 0), default=42)
     p.add_argument("--val-split", type=fraction, default=0.1, help="flat layouts only")
     p.add_argument("--test-split", type=fraction, default=0.0, help="flat layouts only")
     p.add_argument("--drop-clutter", type=boolean, default=True, help="Caltech-256 layout")
-    p.add_argument("--max-bad-fraction", type=_number(float, 0, 1), default=0.01)
+    p.add_argument("--max-bad-fraction", type=number(float, 0, 1), default=0.01)
     p.add_argument(
-        "--max-image-pixels", type=_number(int, 1), default=MAX_IMAGE_PIXELS, help="larger images count as unreadable"
+        "--max-image-pixels", type=number(int, 1), default=MAX_IMAGE_PIXELS, help="larger images count as unreadable"
     )
-    p.add_argument("--log-interval", type=_number(int, 0), default=50, help="steps; 0: off")
+    p.add_argument("--log-interval", type=number(int, 0), default=50, help="steps; 0: off")
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default BASE/checkpoints")
     p.add_argument("--profile", type=boolean, default=False, help="step timings, a trace and a report in output data")
-    p.add_argument("--profile-steps", type=_number(int, 1, 50), default=5, help="steps torch.profiler traces")
+    p.add_argument("--profile-steps", type=number(int, 1, 50), default=5, help="steps torch.profiler traces")
     return p
 
 

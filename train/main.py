@@ -63,7 +63,7 @@ class Job:
 def build_data(args, paths: config.Paths, ctx: distributed.Context, prep) -> tuple[data.Splits, dict[str, Split]]:
     """The resolved splits, and a Split (loader, sampler, bad-file tracker) each for train, val and test."""
     splits = data.resolve_splits(paths.channels, args)
-    workers = config.cpus_per_process() if args.num_workers is None else args.num_workers
+    workers = config.cpus_per_process(ctx.local_world_size) if args.num_workers is None else args.num_workers
     pin = ctx.device.type == "cuda"
     built = {}
     for name, channel in (("train", "training"), ("val", "validation"), ("test", "test")):
@@ -238,7 +238,7 @@ def start_profiler(job: Job) -> profiler.Profiler:
     workload = profiler.Workload(
         world_size=job.ctx.world_size,
         available_cpus=config.available_cpus(),
-        cpus_per_process=config.cpus_per_process(),
+        cpus_per_process=config.cpus_per_process(job.ctx.local_world_size),
         workers=job.train.loader.num_workers,
         batch_size=job.args.batch_size,
         image_size=job.args.image_size,

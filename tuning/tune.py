@@ -20,10 +20,10 @@ import os
 import sys
 from pathlib import Path
 
+from common.arguments import number
 from common.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 from local_mode import session as local
 from local_mode.fit import channels_of, hyperparameters_of
-from train.config import _number  # the hyperparameters' own bounded-number parser
 from tuning.space import COURSE_SPACE, TUNED, Space, fit_to_data, sagemaker_ranges, training_images, write_best
 
 SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # what SageMaker adds to a job's hyperparameters
@@ -144,8 +144,8 @@ def static_of(args: argparse.Namespace) -> dict[str, str]:
     return static
 
 
-_positive = _number(int, 1)
-_percentile = _number(float, 0, 100, high_open=True)
+_positive = number(int, 1)
+_percentile = number(float, 0, 100, high_open=True)
 
 
 def parser() -> argparse.ArgumentParser:
