@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from common.images import SAMPLE_CLASSES as CLASSES
-from local_mode import deploy, fit, progress
+from local_mode import deploy, fit, terminal
 from local_mode import session as local
 
 REPO = Path(__file__).resolve().parents[1]
@@ -67,7 +67,7 @@ def check_images(*images: str) -> None:
             raise local.PreflightError(f"no image {image} here: build the images with `make images`")
 
 
-def training_progress(phase: progress.Phase) -> Callable[[str], None]:
+def training_progress(phase: terminal.Phase) -> Callable[[str], None]:
     """Reads the training container's lines: the epoch for the progress bar, the best val accuracy."""
 
     def on_line(line: str) -> None:
@@ -80,7 +80,7 @@ def training_progress(phase: progress.Phase) -> Callable[[str], None]:
 
 
 def run(
-    data: Path, out: Path, training_image: str, serving_image: str, console: progress.Console
+    data: Path, out: Path, training_image: str, serving_image: str, console: terminal.Console
 ) -> tuple[float, list[str]]:
     """Train, deploy, classify, tear down, a phase line each on ``console`` (entered: the SDK's
     output goes to its log); returns the test accuracy and a few predictions."""
@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         from train import sample_data  # generating needs Pillow only; the training runs in the image
 
         print(f"generated the sample dataset in {args.data}: {sample_data.generate(args.data)}")
-    console = progress.Console((args.log or args.out / "containers.log").resolve(), PHASES)
+    console = terminal.Console((args.log or args.out / "containers.log").resolve(), PHASES)
     started = time.monotonic()
     try:
         with console:
@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"containers' logs: {shown_path(console.log_path)}")
 
 
-def fail(exc: Exception, console: progress.Console) -> NoReturn:
+def fail(exc: Exception, console: terminal.Console) -> NoReturn:
     """Exit 1 with the error and the log's last lines; the traceback is in the log, not on the terminal."""
     log = shown_path(console.log_path)
     if isinstance(exc, local.PreflightError):  # the message says what to do

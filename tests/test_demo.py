@@ -12,7 +12,7 @@ import threading
 
 import pytest
 
-from local_mode import demo, progress
+from local_mode import demo, terminal
 from local_mode import session as local
 
 MMS_LINE = re.compile(r"\[ACCESS\]|/invocations HTTP|W-9000-")  # serve/log4j2.xml's access line, a worker's name
@@ -125,7 +125,7 @@ def test_demo_prints_phases_and_predictions_and_logs_the_rest(fake_sdk, tmp_path
     assert "sagemaker.local.image INFO - docker command: docker-compose up" in logged
     assert "===== [3/4] classifying 20 test images =====" in logged
     assert state["cleaned"]
-    assert sys.stdout is not None and not isinstance(sys.stdout, progress.LogStream)
+    assert sys.stdout is not None and not isinstance(sys.stdout, terminal.LogStream)
 
 
 @pytest.mark.parametrize("where", ["training", "endpoint"])
@@ -141,7 +141,7 @@ def test_a_failure_prints_the_logs_tail_and_cleans_up(fake_sdk, tmp_path, capsys
     assert re.search(r"^\[4/4\] cleaning up ... done in \d+ s$", printed, re.MULTILINE)
     assert f"last lines of {tmp_path / 'demo.log'}:" in printed
     tail = printed.split("last lines of", 1)[1].splitlines()[1:]
-    assert 0 < len(tail) <= progress.TAIL_LINES and all(line.startswith("  | ") for line in tail)
+    assert 0 < len(tail) <= terminal.TAIL_LINES and all(line.startswith("  | ") for line in tail)
     message = str(exited.value.code)
     if where == "training":
         assert "  | algo-1-xyz  | RuntimeError: out of patience" in tail
@@ -182,12 +182,12 @@ class Terminal(io.StringIO):
 
 
 def test_console_on_a_terminal_draws_a_bar_in_place_and_redirects_everything_else(tmp_path):
-    terminal = Terminal()
+    screen = Terminal()
     bound = logging.getLogger("test_demo.bound")  # a handler bound to the real stdout, like sagemaker.config's
     handler = logging.StreamHandler(sys.__stdout__)
     bound.addHandler(handler)
     try:
-        with progress.Console(tmp_path / "log.txt", phases=2, out=terminal) as console:
+        with terminal.Console(tmp_path / "log.txt", phases=2, out=screen) as console:
             with console.phase(1, "working", total=4, unit="step") as phase:
                 print("from print")
                 print("\x1b[36malgo-1-abc |\x1b[0m from a container\r")  # compose's colours, a \r\n line
@@ -203,7 +203,7 @@ def test_console_on_a_terminal_draws_a_bar_in_place_and_redirects_everything_els
         assert handler.stream is sys.__stdout__
     finally:
         bound.removeHandler(handler)
-    shown = terminal.getvalue()
+    shown = screen.getvalue()
     assert "[1/2] working [#####...............] step 1/4" in shown
     assert "[1/2] working [####################] step 4/4" in shown
     assert "\r\x1b[K[1/2] working ... done in 0 s (all good)\n" in shown
