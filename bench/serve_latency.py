@@ -97,13 +97,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=120)
     parser.add_argument("--workers", default="", help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
-    parser.add_argument("--threads", default="", help="SERVE_TORCH_THREADS (default: serve's)")
+    parser.add_argument("--threads", default="", help="SERVE_THREADS (default: serve's)")
     args = parser.parse_args()
     body = photo()
     for name, (size, classes) in MODELS.items():
         with tempfile.TemporaryDirectory() as tmp:
             make_artifact(Path(tmp), size, classes)
-            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": args.workers, "SERVE_TORCH_THREADS": args.threads}
+            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": args.workers, "SERVE_THREADS": args.threads}
             server = Server(Path(tmp), **{k: v for k, v in env.items() if v})
             try:
                 server.wait_healthy()

@@ -2,8 +2,9 @@
 
 The trainer prints ``epoch_line`` every epoch and ``final_line`` at the end; SageMaker reads
 them with ``METRIC_DEFINITIONS`` (pass it to ``Estimator(metric_definitions=...)`` or the
-tuner), and the local search reads the same lines with the same regexes. The regexes below
-are the only place that knows the log format besides ``epoch_line``.
+tuner), and the local search reads the same lines with the same regexes. The demo's progress
+bar (local_mode/demo.py) and the search's trial monitor (tuning/trial_log.py) also pick the
+epoch number out of these lines.
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@
 - ``deploy``: deploy model.tar.gz with a serving image as an endpoint and call it.
 - ``transform``: batch transform with a serving image.
 - ``demo``: ``make demo``, the whole workflow on the embedded sample dataset.
-- ``progress``: the terminal output of long local-mode runs (phases, progress, a log file).
+- ``terminal``: the terminal output of long local-mode runs (phases, progress, a log file).
 
 Hyperparameter tuning is in ``tuning/``; pushing the images to ECR is in ``ecr/``.
 """

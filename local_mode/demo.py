@@ -34,7 +34,7 @@ HYPERPARAMETERS = {
     "image-size": "64", "crop-min-scale": "0.4", "pretrained": "false", "log-interval": "0",
 }  # fmt: skip
 PHASES = 4  # training, deploying, classifying, cleaning up
-EPOCH_LINE = re.compile(r"\bepoch=(\d+) ")  # train/metrics' per-epoch line, in the containers' output
+EPOCH_LINE = re.compile(r"\bepoch=(\d+) ")  # common/metrics' per-epoch line, in the containers' output
 BEST_VAL = re.compile(r"\bbest_val_accuracy=([0-9.]+(?:e[+-]?[0-9]+)?)")  # its final line
 
 

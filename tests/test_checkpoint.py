@@ -67,13 +67,16 @@ def _step() -> loop.Step:
 
 def test_a_resumable_state_comes_back_into_a_fresh_step(tmp_path):
     saved = _step()
+    loop.train_step(saved, torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))  # momentum buffers to keep
     meter = Meter(loss_sum=3.0, correct=2, seen=4, batches=1)
-    progress = checkpoint.Progress([{"epoch": 1}], {"epoch": 1, "score": 0.5})
-    checkpoint.save_resumable(tmp_path, IDENTITY, 1, meter, saved, progress)
+    record = checkpoint.Record([{"epoch": 1}], {"epoch": 1, "score": 0.5})
+    checkpoint.save_resumable(tmp_path, IDENTITY, 1, meter, saved, record)
     fresh = _step()
-    epoch, resumed_meter, resumed_progress = checkpoint.resume(tmp_path, IDENTITY, fresh, is_main=True)
-    assert epoch == 1 and resumed_meter == meter and resumed_progress == progress
+    epoch, resumed_meter, resumed_record = checkpoint.resume(tmp_path, IDENTITY, fresh, is_main=True)
+    assert epoch == 1 and resumed_meter == meter and resumed_record == record
     assert torch.equal(fresh.net.weight, saved.net.weight)
+    kept, restored = saved.optimizer.state_dict()["state"], fresh.optimizer.state_dict()["state"]
+    assert kept and all(torch.equal(restored[i]["momentum_buffer"], kept[i]["momentum_buffer"]) for i in kept)
     assert checkpoint.resume(tmp_path / "none", IDENTITY, fresh, is_main=True) is None
 
 

@@ -47,7 +47,8 @@ def test_a_single_process_stops_after_the_step_in_progress():
 
 
 def test_a_stop_is_voted_at_the_interval_or_the_epochs_last_step(monkeypatch):
-    monkeypatch.setattr(stop.distributed, "is_active", lambda: True)  # as with several processes
+    monkeypatch.setattr(stop.distributed, "is_active", lambda: True)  # as with several processes on GPUs
+    monkeypatch.setattr(stop.distributed, "on_gpus", lambda: True)
     monkeypatch.setattr(stop.distributed, "any_true", lambda flag: flag)
     request = stop.StopRequest()
     request.signal = signal.SIGTERM  # asked before the first step

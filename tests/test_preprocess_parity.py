@@ -153,7 +153,7 @@ def assert_equal_transforms(prep: Preprocessing, image: Image.Image, where: str)
 
 @pytest.mark.parametrize("image_size", IMAGE_SIZES)
 @pytest.mark.parametrize("name", VARIANTS)
-def test_array_transform_equals_eval_transform(name, image_size):
+def test_arraytransform_equals_eval_transform(name, image_size):
     """Every size, mode, format and orientation decodes as serving does and transforms equally."""
     prep = Preprocessing.for_image_size(image_size)
     make, drafted = VARIANTS[name]
@@ -190,7 +190,7 @@ def test_variants_are_what_they_say():
 
 @pytest.mark.parametrize("image_size", IMAGE_SIZES)
 @pytest.mark.parametrize("split", SPLITS)
-def test_array_transform_equals_eval_transform_on_the_sample_data(sample_data, split, image_size):
+def test_arraytransform_equals_eval_transform_on_the_sample_data(sample_data, split, image_size):
     """Every photo of the sample dataset (JPEG and PNG of varied sizes), as serving decodes it."""
     prep = Preprocessing.for_image_size(image_size)
     paths = sorted((sample_data / split).glob("*/*"))

@@ -16,7 +16,8 @@ def test_sigterm_sets_the_stop_flag(restore_signals):
 
 
 def test_the_vote_is_held_every_few_steps_and_at_the_last(monkeypatch):
-    monkeypatch.setattr(stop_lib.distributed, "is_active", lambda: True)  # several processes
+    monkeypatch.setattr(stop_lib.distributed, "is_active", lambda: True)  # several processes on GPUs
+    monkeypatch.setattr(stop_lib.distributed, "on_gpus", lambda: True)
     monkeypatch.setattr(stop_lib.distributed, "any_true", lambda flag: flag)
     stop = stop_lib.StopRequest()
     stop.signal = signal.SIGTERM
@@ -30,3 +31,14 @@ def test_a_single_process_stops_at_the_next_step():
     assert not stop.vote(1, 100)
     stop.signal = signal.SIGTERM
     assert stop.vote(1, 100) and stop.vote(7, 100)
+
+
+def test_processes_on_cpus_vote_every_step(monkeypatch):
+    monkeypatch.setattr(stop_lib.distributed, "is_active", lambda: True)  # several processes, gloo
+    monkeypatch.setattr(stop_lib.distributed, "on_gpus", lambda: False)
+    votes = []
+    monkeypatch.setattr(stop_lib.distributed, "any_true", lambda flag: votes.append(flag) or flag)
+    stop = stop_lib.StopRequest()
+    assert not any(stop.vote(s, 50) for s in range(1, 4)) and votes == [False, False, False]
+    stop.signal = signal.SIGTERM
+    assert stop.vote(4, 50)

@@ -73,14 +73,14 @@ def load(folder: Path, identity: dict, name: str = CHECKPOINT_FILE) -> dict | No
 
 
 @dataclass
-class Progress:
+class Record:
     """The job's record so far: one metrics record per finished epoch, and the best epoch."""
 
     history: list[dict] = field(default_factory=list)
     best: dict = field(default_factory=lambda: {"epoch": None, "score": -1.0})
 
 
-def save_resumable(folder: Path, identity: dict, epoch: int, meter: Meter, step: Step, progress: Progress) -> Path:
+def save_resumable(folder: Path, identity: dict, epoch: int, meter: Meter, step: Step, record: Record) -> Path:
     """Write the resumable state (rank 0 only): ``epoch`` is the next to (continue to) train."""
     state = {
         "identity": identity,
@@ -89,15 +89,15 @@ def save_resumable(folder: Path, identity: dict, epoch: int, meter: Meter, step:
         "model": step.net.state_dict(),
         "optimizer": step.optimizer.state_dict(),
         "scaler": step.scaler.state_dict(),
-        "history": progress.history,
-        "best": progress.best,
+        "history": record.history,
+        "best": record.best,
     }
     path = save(folder, state)
     log.info("checkpoint saved: %s (epoch %d, %d batches into it)", path, epoch + 1, meter.batches)
     return path
 
 
-def resume(folder: Path, identity: dict, step: Step, is_main: bool) -> tuple[int, Meter, Progress] | None:
+def resume(folder: Path, identity: dict, step: Step, is_main: bool) -> tuple[int, Meter, Record] | None:
     """Rank 0's checkpoint, broadcast and loaded into ``step`` on every rank; None: start fresh.
 
     Returns the epoch to (continue to) train, its meter so far, and the record of the epochs before.
@@ -108,7 +108,7 @@ def resume(folder: Path, identity: dict, step: Step, is_main: bool) -> tuple[int
     step.net.load_state_dict(state["model"])
     step.optimizer.load_state_dict(state["optimizer"])
     step.scaler.load_state_dict(state["scaler"])
-    return state["epoch"], Meter(**state["meter"]), Progress(state["history"], state["best"])
+    return state["epoch"], Meter(**state["meter"]), Record(state["history"], state["best"])
 
 
 def save_best(folder: Path, net: nn.Module) -> Path:

@@ -116,6 +116,11 @@ def is_active() -> bool:
     return dist.is_available() and dist.is_initialized()
 
 
+def on_gpus() -> bool:
+    """Whether the process group is NCCL's: its collectives synchronise the GPU."""
+    return is_active() and dist.get_backend() == "nccl"
+
+
 def all_sum(values: list[float]) -> list[float]:
     """Sum numbers over all ranks (identity when alone)."""
     if not is_active():

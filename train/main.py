@@ -51,7 +51,7 @@ class Job:
     prep: model_artifact.Preprocessing
     step: loop.Step
     stop: StopRequest
-    progress: checkpoint.Progress = field(default_factory=checkpoint.Progress)
+    record: checkpoint.Record = field(default_factory=checkpoint.Record)
     profiler: profiler.Profiler | None = None  # only with profile=true
 
     @property
@@ -108,7 +108,7 @@ def build_step(args, ctx: distributed.Context, num_classes: int, paths: config.P
 def save_checkpoint(job: Job, epoch: int, meter: Meter) -> None:
     """Rank 0 keeps the resumable state: ``epoch`` is the next to (continue to) train."""
     if job.ctx.is_main:
-        checkpoint.save_resumable(job.args.checkpoint_dir, job.identity, epoch, meter, job.step, job.progress)
+        checkpoint.save_resumable(job.args.checkpoint_dir, job.identity, epoch, meter, job.step, job.record)
 
 
 def restore(job: Job) -> tuple[int, Meter]:
@@ -116,12 +116,12 @@ def restore(job: Job) -> tuple[int, Meter]:
     resumed = checkpoint.resume(job.args.checkpoint_dir, job.identity, job.step, job.ctx.is_main)
     if resumed is None:
         return 0, Meter()
-    epoch, meter, job.progress = resumed
+    epoch, meter, job.record = resumed
     if epoch >= job.args.epochs:
         # Stopped (or restarted) after the last epoch: the tuner still needs the objective's lines.
         log.info("resumed from checkpoint: all %d epochs were done; their metric lines again:", job.args.epochs)
         if job.ctx.is_main:
-            for record in job.progress.history:
+            for record in job.record.history:
                 print(metrics.epoch_line(record), flush=True)
     else:
         log.info("resumed from checkpoint: epoch %d, %d batches done", epoch + 1, meter.batches)
@@ -163,15 +163,15 @@ def run_epoch(job: Job, epoch: int, meter: Meter) -> None:
             f"checkpoint saved in {args.checkpoint_dir}: rerun the job with it to resume"
         )
     record = epoch_record(job, epoch, meter, started)
-    job.progress.history.append(record)
+    job.record.history.append(record)
     if job.ctx.is_main:
         print(metrics.epoch_line(record), flush=True)
         left = args.epochs - epoch - 1
         if left:
             log.info("epoch %d/%d done; about %s left", epoch + 1, args.epochs, clock(left * record["epoch_time"]))
     score = record.get("val_accuracy", float(epoch))  # without validation: the last epoch
-    if score > job.progress.best["score"] and job.ctx.is_main:
-        job.progress.best = {"epoch": epoch + 1, "score": score}
+    if score > job.record.best["score"] and job.ctx.is_main:
+        job.record.best = {"epoch": epoch + 1, "score": score}
         checkpoint.save_best(args.checkpoint_dir, job.step.net)
     save_checkpoint(job, epoch + 1, Meter())
     if job.stop.agreed():  # a signal during validation or the checkpoint write
@@ -181,7 +181,7 @@ def run_epoch(job: Job, epoch: int, meter: Meter) -> None:
 def finish(job: Job) -> None:
     """Best weights → test evaluation → artifact, metrics.json and curve (rank 0 writes)."""
     checkpoint.load_best(job.args.checkpoint_dir, job.step.net, job.ctx.is_main)
-    best = job.progress.best
+    best = job.record.best
     final = {"best_epoch": best["epoch"]}
     if job.val.samples:
         final["best_val_accuracy"] = best["score"]
@@ -206,7 +206,7 @@ def write_artifacts(job: Job, final: dict) -> None:
     )
     started = time.perf_counter()
     model_artifact.save(job.paths.model_dir, job.step.net.state_dict(), meta)
-    metrics.write_report(job.paths.output_data_dir, job.progress.history, final)
+    metrics.write_report(job.paths.output_data_dir, job.record.history, final)
     log.info("model artifact written to %s in %.1f s", job.paths.model_dir, time.perf_counter() - started)
 
 

@@ -12,9 +12,10 @@ import signal
 from train import distributed
 
 log = logging.getLogger(__name__)
-# With several processes the vote is an all-reduce (under NCCL also a GPU sync), so not every
-# step: every VOTE_EVERY steps and at an epoch's last step (20 GPU steps take seconds, inside
-# SageMaker's 120 s). A single process has nobody to agree with: it stops at the next step.
+# On GPUs (NCCL) the vote is an all-reduce that synchronises the GPU, so it is held every
+# VOTE_EVERY steps and at an epoch's last step (20 GPU steps take seconds, inside SageMaker's
+# 120 s). On CPUs (gloo) a step can take seconds and the vote costs little next to it: every
+# step. A single process has nobody to agree with: it stops after the step in progress.
 VOTE_EVERY = 20
 
 
@@ -48,4 +49,5 @@ class StopRequest:
         """After training step ``step`` of ``last``: whether all ranks stop now (votes only when due)."""
         if not distributed.is_active():
             return self.requested
-        return (step % VOTE_EVERY == 0 or step == last) and self.agreed()
+        due = step % VOTE_EVERY == 0 or step == last or not distributed.on_gpus()
+        return due and self.agreed()

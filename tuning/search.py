@@ -25,7 +25,6 @@ from pathlib import Path
 from common.cpus import available_cpus
 from local_mode import fit as local_fit
 from local_mode import session as local
-from local_mode.fit import channels_of
 from tuning.space import COURSE_SPACE, Space, suggest
 from tuning.trial_log import Monitor, Router
 
@@ -149,7 +148,7 @@ def search(settings: Settings):
     import optuna
 
     local.preflight(settings.instance_type)
-    channels_of(settings.data)  # fails early without a training folder
+    local_fit.channels_of(settings.data)  # fails early without a training folder
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # progress and failures: our own lines
     study = make_study(settings)
     router = Router(sys.stdout)
