@@ -13,6 +13,7 @@ import argparse
 import json
 import mimetypes
 import sys
+import threading
 from pathlib import Path
 
 from local_mode import session as local
@@ -54,6 +55,10 @@ def teardown(predictor) -> None:
         local.cleanup(predictor.sagemaker_session)
 
 
+def _endpoint_stopped(args: threading.ExceptHookArgs) -> None:
+    print(f"the local endpoint stopped: {str(args.exc_value).splitlines()[0][:200]}", file=sys.stderr)
+
+
 def classify(predictor, path: Path, top_k: int = 3) -> dict:
     """The endpoint's answer for one image file."""
     content_type = mimetypes.guess_type(path.name)[0] or "application/x-image"
@@ -68,7 +73,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model-data", required=True, help="file:// or s3:// model.tar.gz")
     parser.add_argument("--instance-type", default="local")
     parser.add_argument("--role", default=local.DUMMY_ROLE)
-    parser.add_argument("--keep", action="store_true", help="leave the endpoint running")
+    parser.add_argument("--keep", action="store_true", help="leave the endpoint running (a local one: until Ctrl-C)")
     parser.add_argument("--entry-point", help="script mode: the inference script in --source-dir")
     parser.add_argument("--source-dir", help="script mode: the folder packed as the model's code/")
     parser.add_argument("images", nargs="+", type=Path)
@@ -78,12 +83,19 @@ def main(argv: list[str] | None = None) -> None:
                            args.source_dir)  # fmt: skip
     except local.PreflightError as exc:
         sys.exit(f"error: {exc}")
+    local_mode = getattr(predictor.sagemaker_session, "local_mode", False)
     try:
         for path in args.images:
             answer = classify(predictor, path)
             print(path, json.dumps(answer["predictions"][0] if "predictions" in answer else answer))
+        if args.keep and local_mode:  # a local endpoint lives as long as this process (the SDK runs it here)
+            print("the endpoint answers on http://localhost:8080 until Ctrl-C", flush=True)
+            threading.excepthook = _endpoint_stopped  # Ctrl-C stops docker-compose too: one line, no traceback
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
     finally:
-        if not args.keep:
+        if not args.keep or local_mode:
             teardown(predictor)
 
 

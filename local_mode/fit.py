@@ -48,7 +48,7 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "
     ``hyperparameters`` is copied: the SDK adds its ``sagemaker_*`` keys to the dict it is given.
     """
     is_local = instance_type.startswith("local")
-    if is_local:
+    if is_local and session is None:  # callers that pass a session checked before making it
         local.preflight(instance_type)
     estimator = (script or BUILT_IN).estimator(
         image_uri=image_uri, role=role, instance_count=instance_count, instance_type=instance_type,

@@ -190,7 +190,7 @@ def prepare(settings: Settings) -> tuple[RuntimeFolder, pwd.struct_passwd | None
     user = server_user(settings.user)
     runtime = RuntimeFolder(user)
     runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
-    source = Path(settings.base_dir) / "model"
+    source = settings.base_dir / "model"
     if settings.program:  # script mode: the deployer chose to run the code in the model
         return runtime, user, stage_script(settings, source, runtime)
     if settings.multi_model:
@@ -249,7 +249,7 @@ def open_gateway(settings: Settings, runtime: RuntimeFolder) -> gateway.Gateway:
     endpoint, the registry of the models under ``models/``."""
     registry = None
     if settings.multi_model:
-        registry = gateway.ModelRegistry(Path(settings.base_dir) / "models", runtime.models,
+        registry = gateway.ModelRegistry(settings.base_dir / "models", runtime.models,
                                          mms.management_socket(runtime.scratch),
                                          settings.timeout_seconds + 60)  # fmt: skip
     return gateway.Gateway(settings, runtime.scratch, registry)

@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from common.cpus import available_cpus  # re-exported: serve.settings.available_cpus
+from common.cpus import available_cpus
 
 
 def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
@@ -57,6 +58,7 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 RUNTIMES = ("auto", "onnx", "torch")  # serve.runtimes
+DEFAULT_BASE_DIR = Path("/opt/ml")
 # MMS's default, -XX:-UseContainerSupport, sizes the Java heap from the host's memory, not
 # the container's limit: the frontend can then outgrow the container and be OOM-killed.
 JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
@@ -103,7 +105,7 @@ class Settings:
     runtime: str = "auto"
     program: str = ""  # SAGEMAKER_PROGRAM: script mode when set
     submit_dir: str = ""
-    base_dir: str = "/opt/ml"  # SAGEMAKER_BASE_DIR
+    base_dir: Path = DEFAULT_BASE_DIR  # SAGEMAKER_BASE_DIR
     vmargs: str = JVM_ARGS  # SAGEMAKER_MODEL_SERVER_VMARGS
     default_accept: str = ""  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: script mode's default answer type
 
@@ -130,7 +132,7 @@ class Settings:
             user=os.environ.get("SERVE_USER", "model-server"),
             program=os.environ.get("SAGEMAKER_PROGRAM", "").strip(),
             submit_dir=os.environ.get("SAGEMAKER_SUBMIT_DIRECTORY", "").strip(),
-            base_dir=os.environ.get("SAGEMAKER_BASE_DIR", "/opt/ml"),
+            base_dir=Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR)),
             vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", JVM_ARGS),
             default_accept=os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", ""),
         )

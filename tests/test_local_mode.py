@@ -121,3 +121,25 @@ def test_sigterm_to_a_local_mode_training_container_keeps_its_checkpoint(sdk_ses
     assert "stopped by signal in epoch 1" in str(outcome["error"])  # the reason, not docker-compose's command
     copied = subprocess.run(["docker", "cp", f"{names[0]}:/opt/ml/checkpoints/checkpoint.pt", str(tmp_path)])
     assert copied.returncode == 0 and (tmp_path / "checkpoint.pt").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize(("local_mode", "torn_down"), [(True, True), (False, False)])
+def test_keep_holds_a_local_endpoint_until_ctrl_c_and_leaves_a_cloud_one(monkeypatch, tmp_path, local_mode, torn_down):
+    from local_mode import deploy
+
+    class Predictor:
+        sagemaker_session = type("Session", (), {"local_mode": local_mode})()
+
+    waited, deleted = [], []
+
+    def ctrl_c(self, timeout=None):
+        waited.append(True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deploy, "deploy", lambda *args: Predictor())
+    monkeypatch.setattr(deploy, "classify", lambda predictor, path: {"predictions": [{"label": "box"}]})
+    monkeypatch.setattr(deploy, "teardown", deleted.append)
+    monkeypatch.setattr(deploy.threading.Event, "wait", ctrl_c)
+    monkeypatch.setattr(deploy.threading, "excepthook", deploy.threading.excepthook)  # restored afterwards
+    deploy.main(["--image", "x", "--model-data", "file:///m.tar.gz", "--keep", str(tmp_path / "a.jpg")])
+    assert waited == ([True] if local_mode else []) and bool(deleted) is torn_down

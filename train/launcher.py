@@ -22,8 +22,8 @@ from pathlib import Path
 
 from sagemaker_training import environment, errors
 
+from common.cpus import available_cpus
 from train import distributed, script_mode
-from train.config import available_cpus
 from train.failure import TrainingError, internal_reason, one_line, write_failure
 
 log = logging.getLogger(__name__)

@@ -58,12 +58,12 @@ class MetricLogger:
 
     def __init__(self, meter: Meter, epoch: int, interval: int, on_step: Callable[[float, float], None] | None = None):
         self.meter, self.epoch, self.interval, self.on_step = meter, epoch, interval, on_step
-        self.total = meter.batches
+        self.total = 0  # set by log_every: the epoch's batches, a resumed epoch's earlier ones included
         self._started = self._waited = 0.0
 
     def log_every(self, loader: Iterable) -> Iterator:
         """The loader's batches, each one's wait timed; call ``step_done`` after each step."""
-        self.total = self.meter.batches + len(loader)  # a resumed epoch counts its earlier batches
+        self.total = self.meter.batches + len(loader)
         tick = time.perf_counter()
         for batch in loader:
             self._started, self._waited = tick, time.perf_counter() - tick

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from sagemaker_training import entry_point, environment, errors, runner
 
-from train.config import available_cpus
+from common.cpus import available_cpus
 from train.failure import MAX_REASON, one_line, write_failure
 
 log = logging.getLogger(__name__)
