@@ -16,21 +16,19 @@ import torch
 from torch import nn
 
 import model_artifact
-from train import data, precision, sample_data
+from train import data, loop, precision, sample_data
 
 
 def step_throughput(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, dtype, steps: int) -> float:
-    """Images per second of forward + backward + SGD step, after one warm-up step."""
+    """Images per second of training's own step (``train.loop.train_step``: forward, backward,
+    SGD step) on the CPU, after one warm-up step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    criterion = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    step = loop.Step(model, model, nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), dtype, False)
     timings = []
     for _ in range(steps + 1):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = criterion(model(batch), labels)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+        loop.train_step(step, batch, labels)
         timings.append(time.perf_counter() - start)
     return batch.shape[0] / (sum(timings[1:]) / steps)
 

@@ -256,8 +256,9 @@ def encode_response(request: Request, probabilities, class_names: list[str], def
 
 
 def reason_phrase(reason: str) -> str:
-    """``reason`` as an HTTP reason phrase: one line of ASCII, at most 200 characters."""
-    return " ".join(reason.split())[:200].encode("ascii", "replace").decode()
+    """``reason`` as an HTTP reason phrase: one line of printable ASCII, at most 200 characters."""
+    text = " ".join(reason.split())[:200].encode("ascii", "replace").decode()
+    return "".join(c if c.isprintable() else "?" for c in text)
 
 
 def encode_error(status: int, reason: str) -> str:

@@ -14,7 +14,8 @@ answers ``/ping`` itself, truthfully, and passes on the few routes SageMaker use
 
 Anything else is a 404 (405 for a known path with another method) with a one-line JSON body;
 so are MMS's own errors, reworded. Each request has bounded costs: headers (431), body size
-(413 before it is read), idle time, open connections, and bodies held at once.
+(413 before it is read), idle time, open connections, and bodies held at once. Each request
+but ``/ping`` gets an access line, written once its answer is sent (``log_access``).
 """
 
 from __future__ import annotations
@@ -28,11 +29,12 @@ import re
 import shutil
 import socketserver
 import threading
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import model_artifact
-from serve import codecs, mms
+from serve import codecs, logs, mms
 from serve.settings import Settings
 
 log = logging.getLogger("serve.gateway")
@@ -65,6 +67,12 @@ class Refused(Exception):
 def error_body(status: int, reason: str) -> bytes:
     """The one-line JSON error body, as the handler writes it."""
     return codecs.encode_error(status, reason).encode()
+
+
+def escaped(text: str, limit: int = 300) -> str:
+    """``text`` shortened, control and non-ASCII characters escaped as in JSON: a client's
+    request line or path cannot write terminal escapes or fake lines into the log."""
+    return json.dumps(text[:limit])[1:-1]
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -194,6 +202,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.upstream: dict[Path, mms.UnixHTTPConnection] = {}
         super().setup()
 
+    def parse_request(self) -> bool:
+        self.started = time.perf_counter()  # the request line is in; the access line's duration starts
+        return super().parse_request()
+
     def do_GET(self) -> None:
         self.route()
 
@@ -206,12 +218,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise Refused(431, f"request headers over {MAX_HEADER_BYTES} bytes")
             self.dispatch(urlsplit(self.path).path)
         except Refused as refused:
-            log.info("%s %s refused with %d: %s", self.command, self.path[:100], refused.status, refused.reason)
+            log.info("%s %s refused with %d: %s", self.command, escaped(self.path, 100), refused.status,
+                     escaped(refused.reason))  # fmt: skip
             if not self.body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
                 self.close_connection = True  # its unread body must not be taken for the next request
             self.reply(refused.status, error_body(refused.status, refused.reason), reason=refused.reason)
         except Exception:
-            log.exception("gateway error on %s %s", self.command, self.path[:100])
+            log.exception("gateway error on %s %s", self.command, escaped(self.path, 100))
             self.close_connection = True
             self.reply(500, error_body(500, "internal error; see the endpoint's log"))
 
@@ -370,9 +383,22 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         if self.close_connection:
             self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        try:
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+        finally:
+            self.log_access(status)
+
+    def log_access(self, status: int) -> None:
+        """The access line of an answered request (none for ``/ping``): client, request line
+        (escaped, shortened), status, milliseconds. Written after the answer is sent (or failed
+        to send), off the request's path: MMS's line, which this replaces, came before it."""
+        if urlsplit(getattr(self, "path", "")).path == "/ping":
+            return
+        took = (time.perf_counter() - getattr(self, "started", time.perf_counter())) * 1000
+        line = escaped(getattr(self, "requestline", ""))
+        logs.access_log.info('%s "%s" %d %.0f', self.client_address[0], line, status, took)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests (bad request line, too many headers): one-line JSON, then close."""
@@ -382,5 +408,5 @@ class Handler(http.server.BaseHTTPRequestHandler):
         with contextlib.suppress(OSError):
             self.reply(code, error_body(code, one_line(reason)), reason=reason)
 
-    def log_message(self, format: str, *args) -> None:  # MMS writes the access log
+    def log_message(self, format: str, *args) -> None:  # log_access writes the access line
         pass

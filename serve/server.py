@@ -14,7 +14,10 @@ What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
 - health: the model is loaded and warmed up by a pre-flight process before MMS starts, so a
   broken artifact stops the container with the reason; ``/ping`` is 200 only while a worker
   is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
-- logs: stdout only, no access line per ``/ping``;
+- logs: stdout only; MMS writes two lines per request (its access line and "Backend response
+  time") on the request's path, before the answer; here the gateway writes the access line
+  after the answer, in batches (``serve.logs``), with the client's address (MMS only saw its
+  Unix socket), none per ``/ping`` (``serve/log4j2.xml`` turns MMS's two off);
 - stopping: SIGTERM reaches the frontend and its workers (one process group), and the
   frontend exiting by itself is a failure, not a clean exit.
 
@@ -37,7 +40,7 @@ import threading
 from pathlib import Path
 
 import model_artifact
-from serve import gateway, mms, script_mode
+from serve import gateway, logs, mms, script_mode
 from serve.handler import SERVER_PID_ENV
 from serve.settings import Settings
 
@@ -226,13 +229,6 @@ def start_script_mode(runtime: RuntimeFolder) -> None:
         sys.exit(1)
 
 
-def configure_logging() -> None:
-    """Log lines to stdout, at INFO until the settings name a level."""
-    logging.basicConfig(
-        level=logging.INFO, stream=sys.stdout, format="%(asctime)s [%(levelname)s] %(name)s - %(message)s"
-    )
-
-
 def load_settings() -> Settings:
     """The settings from the environment (a bad one stops ``serve`` with its name), logged."""
     try:
@@ -286,7 +282,7 @@ def exit_status(lifecycle: Lifecycle) -> None:
 
 def main() -> None:
     """Serve ``/opt/ml/model`` (or the models SageMaker registers under ``/opt/ml/models``)."""
-    configure_logging()
+    logs.configure()
     settings = load_settings()
     lifecycle = Lifecycle()
     lifecycle.install()

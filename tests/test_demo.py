@@ -15,7 +15,7 @@ import pytest
 from local_mode import demo, terminal
 from local_mode import session as local
 
-MMS_LINE = re.compile(r"\[ACCESS\]|/invocations HTTP|W-9000-")  # serve/log4j2.xml's access line, a worker's name
+MMS_LINE = re.compile(r"\[ACCESS\]|/invocations HTTP|W-9000-")  # the gateway's access line, a worker's name
 
 
 @pytest.mark.slow
@@ -56,7 +56,7 @@ class FakePredictor:
     def _stream(self):
         sys.stdout.write("algo-1-abcde  | 2026-01-01 W-9000-model_1.0 Model loaded\n")
         while (request := self.requests.get()) is not None:
-            sys.stdout.write(f'algo-1-abcde  | [ACCESS] /172.18.0.1:5 "POST /invocations HTTP/1.1" 200 {request}\n')
+            sys.stdout.write(f'algo-1-abcde  | [ACCESS] 172.18.0.1 "POST /invocations HTTP/1.1" 200 {request}\n')
 
     def delete_endpoint(self):
         self.requests.put(None)

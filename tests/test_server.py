@@ -8,6 +8,8 @@ import io
 import json
 import re
 import shutil
+import socket
+import time
 from pathlib import Path
 
 import psutil
@@ -150,10 +152,18 @@ def test_mms_listens_on_private_sockets_with_a_container_sized_heap(served):
     assert "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0" in java
 
 
-def test_ping_is_not_logged_but_requests_are(served, sample_data):
+def test_the_gateway_writes_one_access_line_per_request_but_ping(served, sample_data):
     for _ in range(3):
         request(served.port, "/ping", method="GET")
     predict(served.port, sample_bytes(sample_data))
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:  # a terminal escape in the path
+        sock.sendall(b"GET /x\x1b[2J HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert sock.makefile("rb").read().startswith(b"HTTP/1.1 404")
+    deadline = time.monotonic() + 10  # written after the answer: it may trail the response a little
+    while '"GET /x' not in served.log and time.monotonic() < deadline:
+        time.sleep(0.1)
     log = served.log
-    assert "POST /invocations" in log and "GET /ping" not in log
-    assert "Traceback" not in log
+    assert re.search(r'\[ACCESS\] 127\.0\.0\.1 "POST /invocations HTTP/1\.1" 200 \d+\n', log), log[-2000:]
+    assert '[ACCESS] 127.0.0.1 "GET /x\\u001b[2J HTTP/1.1" 404 ' in log and "\x1b" not in log
+    assert "GET /ping" not in log and "Traceback" not in log
+    assert "Backend response time" not in log and "0.0.0.0" not in log  # MMS's own lines are off
