@@ -7,7 +7,8 @@ Builds a seeded resnet18 (224 px, 257 classes) with ``model_artifact.save`` (mod
 model.onnx) and serves it with each runtime: the GPU serving image (eager PyTorch on a host
 without a GPU) and the CPU serving image (ONNX Runtime), under ``--cpus 2``; with ``--host``,
 this venv's ``serve`` with SERVE_RUNTIME=torch and onnx. Times start to the first 200 of
-/invocations (median of ``--starts``, one server at a time), then with both servers up,
+/invocations through the published port (median of ``--starts``, one server at a time), then
+with both servers up,
 one 500x375 JPEG at a time over HTTP, in blocks of consecutive requests that take turns
 between the servers (``in_blocks``), to each container's own address, as SageMaker's
 traffic reaches a container (the published 127.0.0.1 port adds Docker's userland proxy, a
@@ -234,7 +235,7 @@ def in_blocks(calls: dict, requests: int, block: int = 12, warm: int = 3) -> dic
 
 def latency(rows: list[dict], body: bytes, args) -> None:
     """p50/p99 of 1 client over HTTP (and, with ``--host``, in this process), servers in turn;
-    the last server also through its published port when the first address was another."""
+    the last server also through its published port when its own address is another."""
     connections = [http.client.HTTPConnection(*row["address"], timeout=60) for row in rows]
     calls = {(n, "http"): (lambda c=connection: invoke(c, body)) for n, connection in enumerate(connections)}
     calls |= {(n, "inproc"): row["once"] for n, row in enumerate(rows) if "once" in row}

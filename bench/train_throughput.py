@@ -21,10 +21,10 @@ from train import data, loop, precision, sample_data
 
 def step_throughput(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, dtype, steps: int) -> float:
     """Images per second of training's own step (``train.loop.train_step``: forward, backward,
-    SGD step) on the CPU, after one warm-up step."""
+    SGD step) on the CPU, channels_last as training's default, after one warm-up step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = loop.Step(model, model, nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), dtype, False)
+    step = loop.Step(model, model, nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), dtype, True)
     timings = []
     for _ in range(steps + 1):
         start = time.perf_counter()

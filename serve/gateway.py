@@ -216,13 +216,17 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             if sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_HEADER_BYTES:
                 raise Refused(431, f"request headers over {MAX_HEADER_BYTES} bytes")
-            self.dispatch(urlsplit(self.path).path)
+            try:
+                path = urlsplit(self.path).path
+            except ValueError:  # "http://[/" and the like
+                raise Refused(400, "the request target is not a valid path") from None
+            self.dispatch(path)
         except Refused as refused:
-            log.info("%s %s refused with %d: %s", self.command, escaped(self.path, 100), refused.status,
-                     escaped(refused.reason))  # fmt: skip
             if not self.body_read and self.headers.get("Content-Length", "0").strip() not in ("", "0"):
                 self.close_connection = True  # its unread body must not be taken for the next request
+            path = escaped(self.path, 100)  # the reply ends this request's fields (log_access)
             self.reply(refused.status, error_body(refused.status, refused.reason), reason=refused.reason)
+            log.info("%s %s refused with %d: %s", self.command, path, refused.status, escaped(refused.reason))
         except Exception:
             log.exception("gateway error on %s %s", self.command, escaped(self.path, 100))
             self.close_connection = True
@@ -387,18 +391,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+        except OSError:
+            self.close_connection = True  # the client left: nobody to answer, not our error
         finally:
             self.log_access(status)
 
     def log_access(self, status: int) -> None:
-        """The access line of an answered request (none for ``/ping``): client, request line
-        (escaped, shortened), status, milliseconds. Written after the answer is sent (or failed
-        to send), off the request's path: MMS's line, which this replaces, came before it."""
-        if urlsplit(getattr(self, "path", "")).path == "/ping":
-            return
-        took = (time.perf_counter() - getattr(self, "started", time.perf_counter())) * 1000
-        line = escaped(getattr(self, "requestline", ""))
-        logs.access_log.info('%s "%s" %d %.0f', self.client_address[0], line, status, took)
+        """The access line of an answered request (none for a health check): client, request
+        line (escaped, shortened), status, milliseconds. Written after the answer is sent (or
+        failed to send), off the request's path: MMS's line, which this replaces, came before
+        it. Then the request's fields are cleared, so that a malformed next request on the
+        connection (which never reaches ``parse_request``) is not logged with this one's."""
+        path, command = getattr(self, "path", "").partition("?")[0], getattr(self, "command", "")
+        if not (path == "/ping" and command in ("GET", "HEAD")):
+            now = time.perf_counter()
+            took = (now - (getattr(self, "started", None) or now)) * 1000
+            line = escaped(getattr(self, "requestline", ""))
+            logs.access_log.info('%s "%s" %d %.0f', self.client_address[0], line, status, took)
+        self.path, self.requestline, self.started = "", "", None
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """Malformed requests (bad request line, too many headers): one-line JSON, then close."""

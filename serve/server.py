@@ -16,8 +16,8 @@ What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
   is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
 - logs: stdout only; MMS writes two lines per request (its access line and "Backend response
   time") on the request's path, before the answer; here the gateway writes the access line
-  after the answer, in batches (``serve.logs``), with the client's address (MMS only saw its
-  Unix socket), none per ``/ping`` (``serve/log4j2.xml`` turns MMS's two off);
+  after the answer (``serve.logs``), with the client's address (MMS only saw its Unix
+  socket), none per ``/ping`` (``serve/log4j2.xml`` turns MMS's two off);
 - stopping: SIGTERM reaches the frontend and its workers (one process group), and the
   frontend exiting by itself is a failure, not a clean exit.
 

@@ -9,6 +9,7 @@ import json
 import re
 import shutil
 import socket
+import struct
 import time
 from pathlib import Path
 
@@ -142,6 +143,21 @@ def test_payload_above_the_limit_is_413(served, sample_data):
     assert predict(served.port, sample_bytes(sample_data))[0] == 200
 
 
+def test_a_client_that_leaves_before_its_answer_gets_one_access_line_and_no_error(served, sample_data):
+    body = sample_bytes(sample_data)
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # close with a reset
+        head = b"POST /invocations?left HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+        sock.sendall(head % len(body) + body)
+    deadline = time.monotonic() + 10
+    while "?left" not in served.log and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1)  # a second line, if any, would be in the same batch or the next
+    assert served.log.count('"POST /invocations?left HTTP/1.1"') == 1
+    assert "gateway error" not in served.log and "Traceback" not in served.log
+    assert predict(served.port, body)[0] == 200
+
+
 def test_mms_listens_on_private_sockets_with_a_container_sized_heap(served):
     config_path = re.search(r"Config file: (\S+)", served.log).group(1)
     config = Path(config_path).read_text()
@@ -159,11 +175,15 @@ def test_the_gateway_writes_one_access_line_per_request_but_ping(served, sample_
     with socket.create_connection(("127.0.0.1", served.port)) as sock:  # a terminal escape in the path
         sock.sendall(b"GET /x\x1b[2J HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         assert sock.makefile("rb").read().startswith(b"HTTP/1.1 404")
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:  # a ping, then garbage, kept alive
+        sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\nGET http://[/ HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n")
+        assert re.findall(rb"HTTP/1\.1 (\d{3}) ", sock.makefile("rb").read()) == [b"200", b"400", b"400"]
     deadline = time.monotonic() + 10  # written after the answer: it may trail the response a little
-    while '"GET /x' not in served.log and time.monotonic() < deadline:
+    while '"BAD"' not in served.log and time.monotonic() < deadline:
         time.sleep(0.1)
     log = served.log
     assert re.search(r'\[ACCESS\] 127\.0\.0\.1 "POST /invocations HTTP/1\.1" 200 \d+\n', log), log[-2000:]
     assert '[ACCESS] 127.0.0.1 "GET /x\\u001b[2J HTTP/1.1" 404 ' in log and "\x1b" not in log
+    assert '[ACCESS] 127.0.0.1 "GET http://[/ HTTP/1.1" 400 ' in log and '[ACCESS] 127.0.0.1 "BAD" 400 ' in log
     assert "GET /ping" not in log and "Traceback" not in log
     assert "Backend response time" not in log and "0.0.0.0" not in log  # MMS's own lines are off
