@@ -8,16 +8,15 @@ model.onnx) and serves it with each runtime: the GPU serving image (eager PyTorc
 without a GPU) and the CPU serving image (ONNX Runtime), under ``--cpus 2``; with ``--host``,
 this venv's ``serve`` with SERVE_RUNTIME=torch and onnx. Times start to the first 200 of
 /invocations through the published port (median of ``--starts``, one server at a time), then
-with both servers up,
-one 500x375 JPEG at a time over HTTP, in blocks of consecutive requests that take turns
-between the servers (``in_blocks``), to each container's own address, as SageMaker's
-traffic reaches a container (the published 127.0.0.1 port adds Docker's userland proxy, a
-process of local mode only: measured too, for ONNX); then serve.handler's decode +
-preprocess + forward + encode of the same body inside each container (its CPU limit and
-libraries; ``--host``: in this process, in the same blocks), the baseline of the HTTP
-overhead; last, images/s with ``--clients`` concurrent clients, in bursts that take turns
-between the servers. Taking turns spreads the load of other processes on the machine over
-all alike.
+with both servers up, one 500x375 JPEG at a time over HTTP, in blocks of consecutive
+requests that take turns between the servers (``in_blocks``), to each container's own
+address, as SageMaker's traffic reaches a container (the published 127.0.0.1 port adds
+Docker's userland proxy, a process of local mode only: measured too, for ONNX); then
+serve.handler's decode + preprocess + forward + encode of the same body inside each
+container (its CPU limit and libraries; ``--host``: in this process, in the same blocks),
+the baseline of the HTTP overhead; last, images/s with ``--clients`` concurrent clients, in
+bursts that take turns between the servers. Taking turns spreads the load of other
+processes on the machine over all alike.
 Prints a table and the ratios against eager PyTorch from this same run, PASS or MISS; never
 asserts.
 """
@@ -239,13 +238,13 @@ def latency(rows: list[dict], body: bytes, args) -> None:
     connections = [http.client.HTTPConnection(*row["address"], timeout=60) for row in rows]
     calls = {(n, "http"): (lambda c=connection: invoke(c, body)) for n, connection in enumerate(connections)}
     calls |= {(n, "inproc"): row["once"] for n, row in enumerate(rows) if "once" in row}
-    last = rows[-1]
+    last, published = rows[-1], (len(rows) - 1, "published")
     if last["address"] != ("127.0.0.1", last["port"]):
-        published = http.client.HTTPConnection("127.0.0.1", last["port"], timeout=60)
-        calls[len(rows) - 1, "published"] = lambda: invoke(published, body)
+        connection = http.client.HTTPConnection("127.0.0.1", last["port"], timeout=60)
+        calls[published] = lambda: invoke(connection, body)
     times = in_blocks(calls, args.requests)
-    if (len(rows) - 1, "published") in times:
-        last["p50_published"] = statistics.median(times[len(rows) - 1, "published"])
+    if published in times:
+        last["p50_published"] = statistics.median(times[published])
     for n, row in enumerate(rows):
         http_ms = sorted(times[n, "http"])
         row["p50"], row["p99"] = statistics.median(http_ms), http_ms[min(len(http_ms) - 1, int(len(http_ms) * 0.99))]

@@ -1,9 +1,5 @@
-"""The server's logging: lines to stdout, the gateway's access lines marked ``[ACCESS]``.
-
-The gateway writes each access line after the answer is sent (``serve.gateway``): MMS wrote
-its own, and "Backend response time", on the request's path before the answer, so
-``serve/log4j2.xml`` turns both off.
-"""
+"""The server's logging: lines to stdout, the gateway's access lines marked ``[ACCESS]``
+(``serve.gateway.Handler.log_access``; why MMS's own are off: ``serve/log4j2.xml``)."""
 
 from __future__ import annotations
 

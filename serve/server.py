@@ -14,10 +14,8 @@ What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
 - health: the model is loaded and warmed up by a pre-flight process before MMS starts, so a
   broken artifact stops the container with the reason; ``/ping`` is 200 only while a worker
   is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
-- logs: stdout only; MMS writes two lines per request (its access line and "Backend response
-  time") on the request's path, before the answer; here the gateway writes the access line
-  after the answer (``serve.logs``), with the client's address (MMS only saw its Unix
-  socket), none per ``/ping`` (``serve/log4j2.xml`` turns MMS's two off);
+- logs: stdout only; the gateway's access line, after the answer, instead of MMS's lines
+  before it (``serve/log4j2.xml``), none per ``/ping``;
 - stopping: SIGTERM reaches the frontend and its workers (one process group), and the
   frontend exiting by itself is a failure, not a clean exit.
 
