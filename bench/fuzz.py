@@ -15,7 +15,7 @@ over the pixel limit, the most images per request, bodies at the payload limit).
 It prints a table of status counts per category and the bad answers: a 5xx, a reset or
 timeout, a 2xx where nothing should work, a valid request that is not answered 200, an error
 body that is not one-line JSON or shows a traceback or a memory address. Then worker
-restarts (from the MMS log), ``/ping`` failures, the container's peak memory, OOM kills,
+restarts (from the server's log), ``/ping`` failures, the container's peak memory, OOM kills,
 whether it still predicts, and payloads/s. Exit code 1 if any of these is wrong.
 
 A registration request (``POST /models?url=...``) only ever names a tiny HTTP server of the
@@ -52,11 +52,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.serve_process import free_port
 
 MB = 1024 * 1024
-# MMS log lines (com.amazonaws.ml.mms.wlm.WorkerThread): a worker that dies (killed, OOM-killed,
-# crashed, or timed out and killed by MMS) logs "<id> Worker disconnected. <state>" once, then
-# "Retry worker: <id> in N seconds." for each attempt to bring it back (seen by killing one).
-RESTART_MARK = "Worker disconnected."
-DEATH_MARKS = ("Retry worker:", "Backend worker process died", "Worker died.", "did not respond in given time")
+# serve.workers' log lines: a worker that dies (killed, OOM-killed, crashed, or over the timeout and
+# killed) logs "worker <i> stopped (<reason>): starting a new one" once; one that cannot come back
+# logs why (tests/test_workers.py and tests/test_gateway.py kill workers and see these lines).
+RESTART_MARK = "): starting a new one"
+DEATH_MARKS = ("could not load the model", "died while loading", "did not listen", "before it listened")
 MANAGEMENT_MARKS = ("unregistered", "Scaling down", "scaled down", "Model fuzz")
 ADDRESS = re.compile(r" at 0x[0-9a-fA-F]{6,}")
 CATEGORIES = {  # relative share of the generated payloads
@@ -908,7 +908,7 @@ class Container:
         raise RuntimeError(f"no /ping 200 within {timeout:.0f} s; log:\n{self.logs()[-3000:]}")
 
     def wait_predicting(self, timeout: float = 120) -> None:
-        """Wait until a valid image is predicted (MMS answers /ping while its worker loads)."""
+        """Wait until a valid image is predicted (the port answers while the worker loads)."""
         started = time.monotonic()
         while send(self.port, valid_case(), timeout=timeout).status != 200:
             if time.monotonic() - started > timeout:
@@ -1005,7 +1005,7 @@ class Report:
         h, t = self.health, self.tally
         lines = [
             f"payloads: {t.sent} in {t.seconds:.0f} s ({t.sent / max(t.seconds, 1e-9):.1f}/s), bad answers: {t.bad}",
-            f"worker restarts: {h.restarts} ('{RESTART_MARK}' lines in the MMS log)",
+            f"worker restarts: {h.restarts} ('{RESTART_MARK}' lines in the server's log)",
             f"/ping: {self.ping_failures} failures of {self.ping_total} polls {self.ping_examples[:3]}",
             f"memory: {mb(self.start_usage)} after start, {mb(h.usage_bytes)} at the end, peak {mb(h.peak_bytes)}"
             f" of {mb(h.limit_bytes)}; docker OOMKilled={h.oom_killed}, cgroup oom_kill={h.oom_kills}",
@@ -1013,9 +1013,9 @@ class Report:
             f"requests to the fuzzer's own HTTP server: {len(self.canary_hits)} {self.canary_hits[:3]}",
         ]
         if h.log_lines:
-            lines += ["worker lines in the MMS log (first 8):", *[f"  {line[:200]}" for line in h.log_lines[:8]]]
+            lines += ["worker lines in the log (first 8):", *[f"  {line[:200]}" for line in h.log_lines[:8]]]
         if h.management_lines:
-            lines += ["management lines in the MMS log (first 5):", *[f"  {x[:200]}" for x in h.management_lines[:5]]]
+            lines += ["management lines in the log (first 5):", *[f"  {x[:200]}" for x in h.management_lines[:5]]]
         return lines
 
 

@@ -11,12 +11,12 @@ this venv's ``serve`` with SERVE_RUNTIME=torch and onnx. Times start to the firs
 with both servers up, one 500x375 JPEG at a time over HTTP, in blocks of consecutive
 requests that take turns between the servers (``in_blocks``), to each container's own
 address, as SageMaker's traffic reaches a container (the published 127.0.0.1 port adds
-Docker's userland proxy, a process of local mode only: measured too, for ONNX); then
-serve.handler's decode + preprocess + forward + encode of the same body inside each
-container (its CPU limit and libraries; ``--host``: in this process, in the same blocks),
-the baseline of the HTTP overhead; last, images/s with ``--clients`` concurrent clients, in
-bursts that take turns between the servers. Taking turns spreads the load of other
-processes on the machine over all alike.
+Docker's userland proxy, a process of local mode only: measured too, for ONNX). Taking
+turns with them, in the same rounds, the baseline of the HTTP overhead: serve.handler's
+decode + preprocess + forward + encode of the same body in a process inside each container
+(its CPU limit and libraries; ``--host``: in this process). Last, images/s with
+``--clients`` concurrent clients, in bursts that take turns between the servers. Taking
+turns spreads the load of other processes on the machine over all alike.
 Prints a table and the ratios against eager PyTorch from this same run, PASS or MISS; never
 asserts.
 """
@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import io
-import json
 import os
 import random
 import signal
@@ -37,6 +36,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -171,8 +171,20 @@ def cold_starts(row: dict, model: Path, body: bytes, args) -> None:
     row["served_on"] = next((line.split("ready on ", 1)[1] for line in lines if "ready on " in line), "?")
 
 
-def in_process(model: Path, runtime: str, body: bytes, args):
-    """serve.handler's decode + preprocess + forward + encode of ``body`` in this process, as a function."""
+def timed(call: Callable[[], object]) -> Callable[[], float]:
+    """``call`` as a function that returns the milliseconds it took."""
+
+    def run() -> float:
+        started = time.perf_counter()
+        call()
+        return (time.perf_counter() - started) * 1000
+
+    return run
+
+
+def in_process(model: Path, runtime: str, body: bytes, args) -> Callable[[], float]:
+    """serve.handler's decode + preprocess + forward + encode of ``body`` in this process, as a
+    function that returns its milliseconds."""
     os.environ |= {"SERVE_RUNTIME": runtime, "SERVE_THREADS": str(args.threads)}
     from serve import codecs
     from serve.handler import ClassifierService
@@ -185,63 +197,78 @@ def in_process(model: Path, runtime: str, body: bytes, args):
         request = codecs.decode(body, "image/jpeg", service.options)
         codecs.encode_response(request, service.predict(request.inputs), service.meta.class_names, 5)
 
-    return once
+    return timed(once)
 
 
 INSIDE = """
-import json, statistics, sys, time
+import sys, time
 from serve import codecs
 from serve.handler import ClassifierService
 from serve.settings import Settings
-body, times = sys.stdin.buffer.read(), []
+stdin, stdout = sys.stdin.buffer, sys.stdout
+body = stdin.read(int(sys.argv[1]))
 service = ClassifierService()
 service.initialize("/opt/ml/model", None, Settings.from_env())
-for i in range(int(sys.argv[1]) + 10):
-    time.sleep(0.05)
+print("ready", flush=True)
+while stdin.readline():
     started = time.perf_counter()
     request = codecs.decode(body, "image/jpeg", service.options)
     codecs.encode_response(request, service.predict(request.inputs), service.meta.class_names, 5)
-    times.append((time.perf_counter() - started) * 1000)
-print(json.dumps([statistics.median(times[10:]), min(times[10:])]))
+    print((time.perf_counter() - started) * 1000, flush=True)
 """
 
 
-def in_container(row: dict, body: bytes, requests: int) -> None:
-    """p50 and fastest ms of the same in-process work inside the serving container (its CPU
-    limit, its libraries), while its server idles: the baseline of the HTTP overhead."""
-    command = ["docker", "exec", "-i", row["cid"], "python", "-c", INSIDE, str(requests)]
-    row["inproc"], row["inproc_best"] = json.loads(
-        subprocess.run(command, input=body, capture_output=True, check=True).stdout
-    )
+def in_container(row: dict, body: bytes) -> Callable[[], float]:
+    """The same in-process work in a process inside ``row``'s serving container (its CPU limit,
+    its libraries) beside its server, as a function that returns the milliseconds the process
+    measured (the pipe through ``docker exec`` is outside them)."""
+    command = ["docker", "exec", "-i", row["cid"], "python", "-c", INSIDE, str(len(body))]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    row["stop"] = lambda stop=row["stop"]: (process.kill(), process.wait(), stop())
+    process.stdin.write(body)
+    process.stdin.flush()
+    if process.stdout.readline().strip() != b"ready":
+        raise SystemExit(f"{row['target']}: the in-container baseline did not start")
+
+    def once() -> float:
+        process.stdin.write(b"\n")
+        process.stdin.flush()
+        return float(process.stdout.readline())
+
+    return once
 
 
 def in_blocks(calls: dict, requests: int, block: int = 12, warm: int = 3) -> dict:
-    """ms of ``requests`` calls of each function, one client with 50 ms between calls: in rounds,
-    each function takes a block of ``warm`` + ``block`` calls in turn and its first ``warm`` are
-    dropped. An endpoint serves one model in a row; alternating call by call would measure each
-    runtime with its weights evicted from the CPU caches by the other's (about 5 ms each here)."""
+    """ms of ``requests`` calls of each function (each returns its ms), one client with 50 ms
+    between calls: in rounds, each function takes a block of ``warm`` + ``block`` calls in turn
+    and its first ``warm`` are dropped. An endpoint serves one model in a row; alternating call
+    by call would measure each runtime with its weights evicted from the CPU caches by the
+    other's (about 5 ms each here). The order turns by one each round: a block runs slower
+    after some others (eager PyTorch's, by up to 2 ms at p50), so no function always follows
+    the same one."""
     times: dict = {name: [] for name in calls}
-    for _ in range(-(-requests // block)):
-        for name, call in calls.items():
+    names = list(calls)
+    for turn in range(-(-requests // block)):
+        for name in names[turn % len(names) :] + names[: turn % len(names)]:
+            call = calls[name]
             for i in range(warm + block):
                 time.sleep(0.05)  # the last call's spinning threads (ORT's, OpenMP's) go back to sleep
-                started = time.perf_counter()
-                call()
+                ms = call()
                 if i >= warm:
-                    times[name].append((time.perf_counter() - started) * 1000)
+                    times[name].append(ms)
     return times
 
 
 def latency(rows: list[dict], body: bytes, args) -> None:
-    """p50/p99 of 1 client over HTTP (and, with ``--host``, in this process), servers in turn;
-    the last server also through its published port when its own address is another."""
+    """p50/p99 of 1 client over HTTP and p50 of the in-process baseline, servers in turn; the
+    last server also through its published port when its own address is another."""
     connections = [http.client.HTTPConnection(*row["address"], timeout=60) for row in rows]
-    calls = {(n, "http"): (lambda c=connection: invoke(c, body)) for n, connection in enumerate(connections)}
-    calls |= {(n, "inproc"): row["once"] for n, row in enumerate(rows) if "once" in row}
+    calls = {(n, "http"): timed(lambda c=connection: invoke(c, body)) for n, connection in enumerate(connections)}
+    calls |= {(n, "inproc"): row["once"] for n, row in enumerate(rows)}
     last, published = rows[-1], (len(rows) - 1, "published")
     if last["address"] != ("127.0.0.1", last["port"]):
         connection = http.client.HTTPConnection("127.0.0.1", last["port"], timeout=60)
-        calls[published] = lambda: invoke(connection, body)
+        calls[published] = timed(lambda: invoke(connection, body))
     times = in_blocks(calls, args.requests)
     if published in times:
         last["p50_published"] = statistics.median(times[published])
@@ -249,8 +276,7 @@ def latency(rows: list[dict], body: bytes, args) -> None:
         http_ms = sorted(times[n, "http"])
         row["p50"], row["p99"] = statistics.median(http_ms), http_ms[min(len(http_ms) - 1, int(len(http_ms) * 0.99))]
         row["http_best"] = http_ms[0]
-        if (n, "inproc") in times:
-            row["inproc"], row["inproc_best"] = statistics.median(times[n, "inproc"]), min(times[n, "inproc"])
+        row["inproc"], row["inproc_best"] = statistics.median(times[n, "inproc"]), min(times[n, "inproc"])
 
 
 def burst(address: tuple[str, int], body: bytes, clients: int, each: int) -> tuple[int, float]:
@@ -350,12 +376,9 @@ def main() -> None:
         try:
             for row in rows:
                 cold_starts(row, model, body, args)
-                if args.host:
-                    row["once"] = in_process(model, row["runtime"], body, args)
+                row["once"] = in_process(model, row["runtime"], body, args) if args.host else in_container(row, body)
             load = os.getloadavg()[0]
             latency(rows, body, args)
-            for row in rows if not args.host else []:
-                in_container(row, body, args.requests)
             throughput(rows, body, args)
             print(f"load average {load:.2f} before the measurements (theirs included), {os.getloadavg()[0]:.2f} after")
         finally:

@@ -1,12 +1,14 @@
 """The serving port: the only socket of the container on the network.
 
-SageMaker talks to this gateway; MMS listens on Unix sockets behind it (``serve.mms``). It
-answers ``/ping`` itself, truthfully, and passes on the few routes SageMaker uses:
+SageMaker talks to this gateway. On a single-model endpoint it hands requests to MMS's Python
+workers itself (``serve.workers``); on a multi-model one MMS listens on Unix sockets behind it
+(``serve.mms``). It answers ``/ping`` itself, truthfully, and passes on the few routes
+SageMaker uses:
 
 | mode | route | goes to |
 |---|---|---|
 | both | ``GET /ping`` | 200 only while every model's workers are running (and, single, the model is loaded) |
-| single | ``POST /invocations`` | MMS inference |
+| single | ``POST /invocations`` | a model worker (``serve.workers``) |
 | single | ``GET /execution-parameters`` | answered here: batch transform's defaults (``execution_parameters``) |
 | multi | ``POST /models/<name>/invoke`` | MMS inference |
 | multi | ``GET /models``, ``GET /models/<name>``, ``DELETE /models/<name>`` | MMS management |
@@ -34,7 +36,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import model_artifact
-from serve import codecs, logs, mms
+from serve import codecs, logs, mms, workers
 from serve.settings import Settings
 
 log = logging.getLogger("serve.gateway")
@@ -156,8 +158,10 @@ class Gateway(socketserver.ThreadingMixIn, http.server.HTTPServer):
     allow_reuse_address = True
     request_queue_size = 64
 
-    def __init__(self, settings: Settings, sockets: Path, registry: ModelRegistry | None):
-        self.settings, self.registry = settings, registry
+    def __init__(
+        self, settings: Settings, sockets: Path, registry: ModelRegistry | None, pool: workers.WorkerPool | None = None
+    ):
+        self.settings, self.registry, self.pool = settings, registry, pool
         self.inference, self.management = mms.inference_socket(sockets), mms.management_socket(sockets)
         self.inflight = threading.BoundedSemaphore(settings.max_inflight)
         self.active, self.lock = 0, threading.Lock()
@@ -192,7 +196,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
     """Routes one connection's requests (HTTP/1.1 keep-alive)."""
 
     protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
+    disable_nagle_algorithm = True  # a body larger than wbufsize is a second write: no 40 ms delayed-ACK stall
+    wbufsize = 1 << 16  # status line, headers and body leave in one write (``reply`` flushes)
     server_version = "serve"
     sys_version = ""
     server: Gateway
@@ -313,12 +318,25 @@ class Handler(http.server.BaseHTTPRequestHandler):
         try:
             body = self.body()
             headers = {k: v for k, v in self.headers.items() if k.lower() not in NOT_FORWARDED}
-            response, data = self.exchange(socket, url, body, headers)
+            if self.server.pool is not None:
+                answer = self.ask_worker(headers, body)
+            else:
+                response, data = self.exchange(socket, url, body, headers)
+                content_type = response.getheader("Content-Type", "application/json")
+                answer = workers.Reply(response.status, response.reason, content_type, data)
         finally:
             self.server.inflight.release()
-        if response.status < 400:
-            return self.reply(response.status, data, response.getheader("Content-Type", "application/json"))
-        self.relay(response.status, mms.parse(data), response.reason)
+        if answer.status < 400:
+            return self.reply(answer.status, answer.body, answer.content_type)
+        self.relay(answer.status, mms.parse(answer.body), answer.phrase)
+
+    def ask_worker(self, headers: dict, body: bytes) -> workers.Reply:
+        """A single-model endpoint's answer, from the next free model worker."""
+        try:
+            return self.server.pool.predict(headers, body, self.headers.get("Content-Type", ""))
+        except workers.WorkerError as exc:  # a failure's reason is in the log (serve.workers), not for the client
+            reason = "the model worker failed; see the endpoint's log" if exc.status == 500 else str(exc)
+            raise Refused(exc.status, reason) from None
 
     def exchange(self, socket: Path, url: str, body: bytes, headers: dict) -> tuple[http.client.HTTPResponse, bytes]:
         """One request to MMS on this client connection's own MMS connection (kept alive: a new
@@ -367,16 +385,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self.reply(200 if healthy else 503, body)
 
     def healthy(self) -> bool:
-        """MMS's own verdict (it answers 200 even when "Unhealthy": all workers of every model
-        running, else not), and on a single-model endpoint the model registered (with no model
-        MMS says "Healthy")."""
+        """Single model: every worker loaded and running. Multi-model: MMS's own verdict (it
+        answers 200 even when "Unhealthy": all workers of every model running, else not)."""
+        if self.server.pool is not None:
+            return self.server.pool.healthy()
         try:
             status, answer = mms.call(self.server.inference, "GET", "/ping", 5)
-            if status != 200 or answer.get("status") != "Healthy":
-                return False
-            if self.server.registry is None:
-                return mms.call(self.server.management, "GET", f"/models/{mms.SINGLE_MODEL_NAME}", 5)[0] == 200
-            return True
+            return status == 200 and answer.get("status") == "Healthy"
         except (OSError, http.client.HTTPException, AttributeError):
             return False
 
@@ -391,6 +406,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(body)
+            self.wfile.flush()
         except OSError:
             self.close_connection = True  # the client left: nobody to answer, not our error
         finally:

@@ -1,4 +1,5 @@
-"""multi-model-server (MMS): its configuration, its process group, and HTTP to its sockets.
+"""multi-model-server (MMS) on multi-model endpoints: its configuration, its process group,
+and HTTP to its sockets (single-model endpoints drive MMS's workers directly: ``serve.workers``).
 
 sagemaker-inference's ``start_model_server`` is not used: it binds MMS's management API to
 the serving port on every interface (anyone who reaches port 8080 can register a model from a
@@ -57,14 +58,12 @@ def properties(settings: Settings, gpus: int, sockets: Path) -> str:
         "max_response_size": 16 * 1024 * 1024,
         "number_of_gpu": gpus,  # MMS pins worker i to GPU i % gpus
     }
-    if not settings.multi_model:
-        values["load_models"] = "ALL"
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
-def command(config: Path, model_dir: Path | None, scratch: Path, vmargs: str) -> list[str]:
+def command(config: Path, scratch: Path, vmargs: str) -> list[str]:
     """The Java command that ``multi-model-server --start`` builds, without its wrapper process
-    (a signal to the wrapper would not reach the frontend). ``model_dir``: the model to load."""
+    (a signal to the wrapper would not reach the frontend)."""
     import mms
 
     home = Path(mms.__file__).resolve().parents[1]
@@ -75,8 +74,6 @@ def command(config: Path, model_dir: Path | None, scratch: Path, vmargs: str) ->
         f"-Djava.io.tmpdir={scratch}",
     ]
     mms_args = ["--python", sys.executable, "-f", str(config), "-s", "/"]
-    if model_dir is not None:
-        mms_args += ["-m", f"{SINGLE_MODEL_NAME}={model_dir}"]
     classpath = f".:{home / 'mms' / 'frontend'}/*"
     return [java, *jvm, *vmargs.split(), "-cp", classpath, MAIN_CLASS, *mms_args]
 

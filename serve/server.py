@@ -1,4 +1,4 @@
-"""The ``serve`` executable: our gateway on the serving port, multi-model-server behind it.
+"""The ``serve`` executable: our gateway on the serving port, multi-model-server's workers behind it.
 
 What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
 
@@ -11,16 +11,19 @@ What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
   (``serve.script_mode``: staged copies, the code folder alone on the import path);
 - privileges: started as root, ``serve`` prepares its folders, binds the port, then runs
   everything (gateway, MMS frontend, workers) as ``SERVE_USER``;
-- health: the model is loaded and warmed up by a pre-flight process before MMS starts, so a
-  broken artifact stops the container with the reason; ``/ping`` is 200 only while a worker
-  is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
+- the request's path: MMS's Java frontend relays each request to a Python worker and costs
+  milliseconds per request; on a single-model endpoint the gateway drives MMS's workers
+  itself (``serve.workers``), and the frontend runs only for multi-model endpoints;
+- health: the model is loaded and warmed up by a pre-flight process before the workers start,
+  so a broken artifact stops the container with the reason; ``/ping`` is 200 only while every
+  worker is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
 - logs: stdout only; the gateway's access line, after the answer, instead of MMS's lines
   before it (``serve/log4j2.xml``), none per ``/ping``;
-- stopping: SIGTERM reaches the frontend and its workers (one process group), and the
+- stopping: SIGTERM reaches the workers (and the frontend: one process group), and the
   frontend exiting by itself is a failure, not a clean exit.
 
-MMS 1.1.11 answers SageMaker's bare ``/invocations`` only for the model named on its
-command line, which it registers with batch size 1: the images of one request are one batch.
+Each worker takes one request at a time (batch size 1, as MMS registers a single model): the
+images of one request are one batch.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ import threading
 from pathlib import Path
 
 import model_artifact
-from serve import gateway, logs, mms, script_mode
+from serve import gateway, logs, mms, script_mode, workers
 from serve.handler import SERVER_PID_ENV
 from serve.settings import Settings
 
@@ -147,17 +150,32 @@ def stop_descendants(grace: float = 5) -> None:
     _, alive = psutil.wait_procs(children, timeout=grace)
     for child in alive:
         child.kill()
+    psutil.wait_procs(alive, timeout=grace)  # reaped here: no zombie outlives serve
     if children:
         log.info("stopped %d leftover process(es)", len(children))
 
 
+class Frontend:
+    """MMS's Java frontend (multi-model endpoints), signalled through its process group."""
+
+    def __init__(self, process: subprocess.Popen):
+        self.process = process
+
+    def signal(self, signum: int) -> None:
+        mms.signal_group(self.process, signum)
+
+    def wait(self) -> None:
+        self.process.wait()
+
+
 class Lifecycle:
-    """Signals: SIGTERM/SIGINT stop MMS (killed after the grace); SIGUSR1, sent by a worker
-    whose model failed to load, stops it as a failure."""
+    """Signals: SIGTERM/SIGINT stop the backend (the workers, or MMS; killed after the grace);
+    SIGUSR1, sent by a worker whose model failed to load, stops it as a failure."""
 
     def __init__(self) -> None:
         self.requested = False
-        self.process: subprocess.Popen | None = None
+        self.backend: workers.WorkerPool | Frontend | None = None
+        self.finished = threading.Event()
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._terminate)
@@ -169,28 +187,33 @@ class Lifecycle:
         self._stop()
 
     def _worker_failed(self, _signum, _frame) -> None:
-        log.error("a model worker could not load the model: stopping (see the worker's log above)")
+        self.fail("a model worker could not load the model: stopping (see the worker's log above)")
+
+    def fail(self, reason: str) -> None:
+        """Stop the backend as a failure."""
+        log.error("%s", reason)
         self._stop()
 
     def _stop(self) -> None:
-        if self.process is None:
+        if self.backend is None:
             sys.exit(0 if self.requested else 1)
-        mms.signal_group(self.process, signal.SIGTERM)
+        self.backend.signal(signal.SIGTERM)
         timer = threading.Timer(STOP_GRACE_SECONDS, self._kill)
-        timer.daemon = True  # must not keep serve alive once MMS has stopped
+        timer.daemon = True  # must not keep serve alive once the backend has stopped
         timer.start()
 
     def _kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
+        if self.backend is not None and not self.finished.is_set():
             log.warning("the model server did not stop within %d s: killed", STOP_GRACE_SECONDS)
-            mms.signal_group(self.process, signal.SIGKILL)
+            self.backend.signal(signal.SIGKILL)
 
 
 def prepare(settings: Settings) -> tuple[RuntimeFolder, pwd.struct_passwd | None, Path | None]:
     """As the starting user: the runtime folder, MMS's configuration and the staged model."""
     user = server_user(settings.user)
     runtime = RuntimeFolder(user)
-    runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
+    if settings.multi_model:
+        runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
     source = settings.base_dir / "model"
     if settings.program:  # script mode: the deployer chose to run the code in the model
         return runtime, user, stage_script(settings, source, runtime)
@@ -238,29 +261,36 @@ def load_settings() -> Settings:
     return settings
 
 
-def open_gateway(settings: Settings, runtime: RuntimeFolder) -> gateway.Gateway:
-    """The serving port (bound now, while ``serve`` may still be root) and, on a multi-model
-    endpoint, the registry of the models under ``models/``."""
-    registry = None
-    if settings.multi_model:
-        registry = gateway.ModelRegistry(settings.base_dir / "models", runtime.models,
-                                         mms.management_socket(runtime.scratch),
-                                         settings.timeout_seconds + 60)  # fmt: skip
+def open_gateway(settings: Settings, runtime: RuntimeFolder, model_dir: Path | None) -> gateway.Gateway:
+    """The serving port (bound now, while ``serve`` may still be root) and what is behind it:
+    ``model_dir``'s worker pool, or (multi-model) the registry of the models under ``models/``."""
+    if not settings.multi_model:
+        pool = workers.WorkerPool(model_dir, runtime.scratch, settings.workers, gpu_count(), settings.timeout_seconds)
+        return gateway.Gateway(settings, runtime.scratch, None, pool)
+    registry = gateway.ModelRegistry(settings.base_dir / "models", runtime.models,
+                                     mms.management_socket(runtime.scratch),
+                                     settings.timeout_seconds + 60)  # fmt: skip
     return gateway.Gateway(settings, runtime.scratch, registry)
 
 
-def start_model_server(settings: Settings, runtime: RuntimeFolder, model_dir: Path | None) -> subprocess.Popen:
-    """MMS's Java frontend in a process group of its own; ``serve`` adopts what it leaves behind."""
+def start_backend(settings: Settings, runtime: RuntimeFolder, front: gateway.Gateway, lifecycle: Lifecycle) -> None:
+    """The model workers (or, multi-model, MMS's Java frontend) in process groups of their own;
+    ``serve`` adopts what they leave behind."""
     become_subreaper()
-    command = mms.command(runtime.config, model_dir, runtime.scratch, settings.vmargs)
-    return mms.start(command, runtime.scratch, dict(os.environ))
+    if front.pool is not None:
+        lifecycle.backend = front.pool
+        front.pool.start(on_failure=lifecycle.fail)
+        return
+    command = mms.command(runtime.config, runtime.scratch, settings.vmargs)
+    lifecycle.backend = Frontend(mms.start(command, runtime.scratch, dict(os.environ)))
 
 
 def serve_until_stopped(front: gateway.Gateway, lifecycle: Lifecycle, port: int) -> None:
-    """Answer on the port until MMS exits (asked to by a signal, or by itself)."""
+    """Answer on the port until the backend stops (asked to by a signal, or by itself)."""
     threading.Thread(target=front.serve_forever, name="gateway", daemon=True).start()
     log.info("listening on port %d", port)
-    lifecycle.process.wait()
+    lifecycle.backend.wait()
+    lifecycle.finished.set()
 
 
 def clean_up(front: gateway.Gateway, runtime: RuntimeFolder) -> None:
@@ -271,9 +301,9 @@ def clean_up(front: gateway.Gateway, runtime: RuntimeFolder) -> None:
 
 
 def exit_status(lifecycle: Lifecycle) -> None:
-    """A stop that was asked for is a clean exit; MMS exiting by itself is a failure."""
+    """A stop that was asked for is a clean exit; any other is a failure."""
     if not lifecycle.requested:
-        log.error("the model server exited on its own (see its log above)")
+        log.error("the model server stopped without being asked to (see its log above)")
         sys.exit(1)
     log.info("model server stopped")
 
@@ -285,13 +315,13 @@ def main() -> None:
     lifecycle = Lifecycle()
     lifecycle.install()
     runtime, user, model_dir = prepare(settings)
-    front = open_gateway(settings, runtime)  # binds the port before privileges go
+    front = open_gateway(settings, runtime, model_dir)  # binds the port before privileges go
     drop_privileges(user)
     export_settings(settings)
     start_script_mode(runtime)
     if model_dir is not None:
         preflight(runtime.script.model_dir if runtime.script else model_dir, runtime.scratch)
-    lifecycle.process = start_model_server(settings, runtime, model_dir)
+    start_backend(settings, runtime, front, lifecycle)
     serve_until_stopped(front, lifecycle, settings.port)
     clean_up(front, runtime)
     exit_status(lifecycle)

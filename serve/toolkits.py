@@ -1,7 +1,9 @@
 """What ``serve`` replaces in sagemaker-inference and multi-model-server (MMS), and why.
 
 Nothing of theirs is monkeypatched: ``serve`` calls none of the functions below; it does the
-job itself (the ``instead`` module) and uses MMS's Java frontend and Python worker as they are.
+job itself (the ``instead`` module) and uses MMS's Python worker (and, multi-model, its Java
+frontend) as they are; ``serve.workers`` speaks the worker's protocol, which
+tests/test_workers.py checks against MMS's own codec.
 Each entry names the toolkit's function or setting, its defect, and where ``serve`` does the
 job; all were read in the versions of ``CHECKED_AGAINST``, which constraints.txt pins.
 

@@ -111,7 +111,7 @@ def test_connections_over_the_cap_are_closed_and_the_server_lives(single):
     assert predict(single.port, png_bytes(), PNG)[0] == 200
 
 
-def test_ping_is_503_once_the_worker_is_gone(small_model, tmp_path):
+def test_ping_is_503_once_the_worker_is_gone_until_a_new_one_serves(small_model, tmp_path):
     shutil.copytree(small_model, tmp_path / "model")
     server = Server(tmp_path)
     try:
@@ -126,6 +126,9 @@ def test_ping_is_503_once_the_worker_is_gone(small_model, tmp_path):
             statuses.append(request(server.port, "/ping", method="GET")[0])
             time.sleep(0.1)
         assert 503 in statuses  # MMS itself answers 200 {"status": "Unhealthy"}
+        server.wait_healthy()  # a new worker replaces it
+        assert predict(server.port, png_bytes(), PNG)[0] == 200
+        assert "worker 0 stopped (its process ended): starting a new one" in server.log
     finally:
         server.stop()
 

@@ -197,13 +197,13 @@ for pid in filter(str.isdigit, os.listdir("/proc")):
 """
 
 
-def test_serving_runs_unprivileged_and_cannot_change_its_venv_or_configuration(images, small_model, tmp_path):
+def test_serving_runs_unprivileged_and_cannot_change_its_venv_or_model(images, small_model, tmp_path):
     cid, port = start_serving(readable_copy(small_model, tmp_path))
     try:
         users = docker("exec", cid, "python3", "-c", PROCESS_USERS).stdout.splitlines()
         uid = docker("exec", cid, "id", "-u", "model-server").stdout.strip()
         assert len(users) >= 3 and all(line.split()[0] == uid != "0" for line in users), users
-        for target in ("/opt/venv/lib/python3.11/site-packages/serve/handler.py", "/tmp/serve-*/mms.properties"):
+        for target in ("/opt/venv/lib/python3.11/site-packages/serve/handler.py", "/tmp/serve-*/model/artifact.json"):
             write = f"for f in {target}; do test -f $f && echo x >> $f; done"  # sh expands the glob in a for
             attempt = docker("exec", "-u", "model-server", cid, "sh", "-c", write, check=False)
             assert attempt.returncode != 0 and "Permission denied" in attempt.stderr, target

@@ -158,14 +158,17 @@ def test_a_client_that_leaves_before_its_answer_gets_one_access_line_and_no_erro
     assert predict(served.port, body)[0] == 200
 
 
-def test_mms_listens_on_private_sockets_with_a_container_sized_heap(served):
-    config_path = re.search(r"Config file: (\S+)", served.log).group(1)
-    config = Path(config_path).read_text()
-    assert "inference_address=unix:" in config and "management_address=unix:" in config
-    assert "0.0.0.0" not in config and "enable_envvars_config=false" in config
-    commands = [" ".join(p.cmdline()) for p in psutil.Process(served.process.pid).children(recursive=True)]
-    java = next(c for c in commands if "com.amazonaws.ml.mms.ModelServer" in c)
-    assert "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0" in java
+def test_the_workers_listen_on_private_sockets_and_no_java_frontend_runs(served):
+    processes = psutil.Process(served.process.pid).children(recursive=True)
+    commands = [" ".join(p.cmdline()) for p in processes]
+    assert not [c for c in commands if "com.amazonaws.ml.mms" in c]  # single model: no frontend on the path
+    workers = [c for c in commands if "mms.model_service_worker" in c]
+    assert workers, commands
+    folder = Path(re.search(r"--sock-name (\S+)", workers[0]).group(1)).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    listening = {c.laddr.port for p in [psutil.Process(served.process.pid), *processes]
+                 for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}  # fmt: skip
+    assert listening == {served.port}
 
 
 def test_the_gateway_writes_one_access_line_per_request_but_ping(served, sample_data):

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
 import model_artifact
@@ -90,6 +92,7 @@ def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
     server = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
     try:
         server.wait_healthy()
+        assert_mms_is_private_with_a_container_sized_heap(server)
         for name in ("shapes", "shapes-v2"):  # as SageMaker's multi-model platform calls it
             body = json.dumps({"model_name": name, "url": str(tmp_path / "models" / name / "model")}).encode()
             status, answer = request(server.port, "/models", body, **{"Content-Type": "application/json"})
@@ -107,6 +110,16 @@ def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
         assert request(server.port, "/models/shapes-v2/invoke", image, **{"Content-Type": "image/jpeg"})[0] == 200
     finally:
         assert server.stop() < 30
+
+
+def assert_mms_is_private_with_a_container_sized_heap(server: Server) -> None:
+    """Multi-model endpoints run MMS's Java frontend: both its APIs on Unix sockets only."""
+    config = Path(re.search(r"Config file: (\S+)", server.log).group(1)).read_text()
+    assert "inference_address=unix:" in config and "management_address=unix:" in config
+    assert "0.0.0.0" not in config and "enable_envvars_config=false" in config
+    commands = [" ".join(p.cmdline()) for p in psutil.Process(server.process.pid).children(recursive=True)]
+    java = next(c for c in commands if "com.amazonaws.ml.mms.ModelServer" in c)
+    assert "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0" in java
 
 
 def plant_code(model: Path, marker: Path) -> None:

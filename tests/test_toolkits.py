@@ -43,7 +43,7 @@ def test_our_java_command_is_the_one_the_mms_wrapper_builds(tmp_path):
 
     source = inspect.getsource(model_server.start)
     assert mms.MAIN_CLASS in source and "mms/frontend/*" in source and "-Dmodel_server_home=" in source
-    command = mms.command(tmp_path / "mms.properties", None, tmp_path, "")
+    command = mms.command(tmp_path / "mms.properties", tmp_path, "")
     home = Path(next(a for a in command if a.startswith("-Dmodel_server_home=")).partition("=")[2])
     assert list((home / "mms" / "frontend").glob("*.jar")), "no frontend jar where the class path points"
 
