@@ -15,7 +15,7 @@ SageMaker uses:
 | multi | ``POST /models`` ``{"model_name", "url"}`` | checked and staged (``ModelRegistry``), then MMS |
 
 Anything else is a 404 (405 for a known path with another method) with a one-line JSON body;
-so are MMS's own errors, reworded. Each request has bounded costs: headers (431), body size
+so are the workers' and MMS's own errors, reworded. Each request has bounded costs: headers (431), body size
 (413 before it is read), idle time, open connections, and bodies held at once. Each request
 but ``/ping`` gets an access line, written once its answer is sent (``log_access``).
 """
@@ -75,6 +75,11 @@ def escaped(text: str, limit: int = 300) -> str:
     """``text`` shortened, control and non-ASCII characters escaped as in JSON: a client's
     request line or path cannot write terminal escapes or fake lines into the log."""
     return json.dumps(text[:limit])[1:-1]
+
+
+def header_value(text: str, default: str) -> str:
+    """``text`` if it can be a header's value (printable ASCII: no line break), else ``default``."""
+    return text if text and text.isascii() and text.isprintable() else default
 
 
 def one_line(text: str, limit: int = 300) -> str:
@@ -308,9 +313,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
             length -= len(chunk)
 
     def forward(self, socket: Path, url: str) -> None:
-        """Pass the request to MMS (bodies held at once are bounded) and relay its answer."""
+        """Pass the request to a worker or MMS (bodies held at once are bounded) and relay the answer."""
         kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
-        if kind in FORM_TYPES:  # MMS's own form decoder would fail on them with a 500 echoing the body
+        if kind in FORM_TYPES:  # MMS's own form decoders would fail on them with a 500 echoing the body
             self.close_connection = True
             raise Refused(415, f"unsupported content type {kind!r}; send an image, application/json or jsonlines")
         if not self.server.inflight.acquire(timeout=self.server.settings.timeout_seconds):
@@ -326,8 +331,8 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 answer = workers.Reply(response.status, response.reason, content_type, data)
         finally:
             self.server.inflight.release()
-        if answer.status < 400:
-            return self.reply(answer.status, answer.body, answer.content_type)
+        if answer.status < 400:  # a script's output_fn chooses the type: it must be a valid header
+            return self.reply(answer.status, answer.body, header_value(answer.content_type, "application/json"))
         self.relay(answer.status, mms.parse(answer.body), answer.phrase)
 
     def ask_worker(self, headers: dict, body: bytes) -> workers.Reply:

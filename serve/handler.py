@@ -127,7 +127,7 @@ _service = _service_for_this_worker()
 
 
 def _exit_worker(reason: str) -> None:
-    """End this worker at once: MMS sees it die, /ping says unhealthy, and a new one starts."""
+    """End this worker at once: the server sees it die, /ping says unhealthy, and a new one starts."""
     log.critical("%s", reason)
     logging.shutdown()
     os._exit(1)

@@ -54,7 +54,7 @@ class OnnxModel:
         options.inter_op_num_threads = 1  # one request batch at a time per worker: parallelism is within the graph
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
         # threads spin while the graph runs (turned off, a 2-CPU forward pass takes longer) and
-        # stop when it ends: the gateway and MMS need those CPUs to answer (make bench: p50 -3 ms)
+        # stop when it ends: the worker and the gateway need those CPUs to answer (make bench: p50 -3 ms)
         options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3  # warnings about unused initializers etc. are not the client's business
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -10,7 +10,7 @@ What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
   ``requirements.txt`` is installed, unless the deployer sets ``SAGEMAKER_PROGRAM``
   (``serve.script_mode``: staged copies, the code folder alone on the import path);
 - privileges: started as root, ``serve`` prepares its folders, binds the port, then runs
-  everything (gateway, MMS frontend, workers) as ``SERVE_USER``;
+  everything (gateway, workers, MMS's frontend) as ``SERVE_USER``;
 - the request's path: MMS's Java frontend relays each request to a Python worker and costs
   milliseconds per request; on a single-model endpoint the gateway drives MMS's workers
   itself (``serve.workers``), and the frontend runs only for multi-model endpoints;
@@ -71,7 +71,7 @@ def export_settings(settings: Settings) -> None:
 
 
 class RuntimeFolder:
-    """A private folder for one server: MMS's configuration (read-only), the staged model(s),
+    """A private folder for one server: MMS's configuration (multi-model; read-only), the staged model(s),
     and a scratch folder (sockets, Java's temp files) that only the server's user can enter."""
 
     def __init__(self, user: pwd.struct_passwd | None):
@@ -209,7 +209,7 @@ class Lifecycle:
 
 
 def prepare(settings: Settings) -> tuple[RuntimeFolder, pwd.struct_passwd | None, Path | None]:
-    """As the starting user: the runtime folder, MMS's configuration and the staged model."""
+    """As the starting user: the runtime folder, MMS's configuration (multi-model) and the staged model."""
     user = server_user(settings.user)
     runtime = RuntimeFolder(user)
     if settings.multi_model:
@@ -231,7 +231,7 @@ def prepare(settings: Settings) -> tuple[RuntimeFolder, pwd.struct_passwd | None
 
 
 def stage_script(settings: Settings, source: Path, runtime: RuntimeFolder) -> Path:
-    """Script mode: stage the model and code folders in full; MMS itself gets an empty folder."""
+    """Script mode: stage the model and code folders in full; MMS's worker itself gets an empty folder."""
     try:
         runtime.script = script_mode.stage(settings, source, runtime.root)
     except (script_mode.ScriptModeError, OSError) as exc:
@@ -294,7 +294,7 @@ def serve_until_stopped(front: gateway.Gateway, lifecycle: Lifecycle, port: int)
 
 
 def clean_up(front: gateway.Gateway, runtime: RuntimeFolder) -> None:
-    """Close the port, stop what MMS left running and remove the runtime folder."""
+    """Close the port, stop what the workers (or MMS) left running and remove the runtime folder."""
     front.shutdown()
     stop_descendants()
     shutil.rmtree(runtime.root, ignore_errors=True)

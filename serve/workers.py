@@ -14,6 +14,7 @@ worker is loaded. Multi-model endpoints keep MMS whole (``serve.mms``).
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -33,6 +34,7 @@ from serve.mms import HANDLER, SINGLE_MODEL_NAME
 log = logging.getLogger("serve.workers")
 START_SECONDS = 300  # for a worker to load its model (a large one on a GPU)
 RESTART_PAUSE = 1.0  # between a worker's death and its replacement: no busy loop on a crash
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # as MMS's max_response_size; a user's output_fn could return more
 
 
 class WorkerError(Exception):
@@ -94,7 +96,9 @@ class _Reader:
 
 
 def read_reply(reader: _Reader) -> Reply:
-    """An inference answer (one request): the batch's code and message, then the request's own."""
+    """An inference answer (one request): the batch's code and message, then the request's own.
+    A batch that failed (the handler raised, or returned no list) carries MMS's message, as
+    MMS's frontend answered it, not each request's placeholder body "error"."""
     code, message = reader.int(), reader.text()
     replies = []
     while (length := reader.int()) != -1:
@@ -102,7 +106,12 @@ def read_reply(reader: _Reader) -> Reply:
         content_type, status, phrase = reader.text(), reader.int(), reader.text()
         for _ in range(reader.int()):  # response headers: ours set none
             reader.text(), reader.text()
-        replies.append(Reply(status, phrase, content_type, reader.exact(reader.int())))
+        size = reader.int()
+        if size > MAX_RESPONSE_BYTES:
+            raise WorkerError(f"the worker's answer of {size} bytes is over {MAX_RESPONSE_BYTES}")
+        replies.append(Reply(status, phrase, content_type, reader.exact(size)))
+    if code != 200:
+        return Reply(code, message, "application/json", json.dumps({"message": message}).encode())
     if not replies:
         raise WorkerError(f"the worker answered {code} without a response: {message}")
     return replies[0]
@@ -115,19 +124,24 @@ class Worker:
     def __init__(self, index: int, model_dir: Path, scratch: Path, gpu: int, timeout: float):
         self.index, self.model_dir, self.scratch, self.gpu, self.timeout = index, model_dir, scratch, gpu, timeout
         self.generation, self.process, self.sock, self.reader, self.ready = 0, None, None, None, False
+        self.child: int | None = None  # the process the listener forked for our connection
         self.killed = threading.Event()  # this generation's: its log is not relayed after it
         self.lock = threading.Lock()  # one replacement per generation
 
     def start(self) -> None:
         """Start the process, connect, load the model; raises WorkerError if it fails."""
         self.generation += 1
-        self.killed = threading.Event()
+        self.killed, self.child = threading.Event(), None
         path = self.scratch / f"worker-{self.index}.sock"
-        io_name = f"worker-{self.index}-{self.generation}"
-        command = [sys.executable, "-m", "mms.model_service_worker", "--sock-type", "unix", "--sock-name", str(path),
-                   "--handler", HANDLER, "--model-path", str(self.model_dir), "--model-name", SINGLE_MODEL_NAME,
-                   "--preload-model", "false", "--tmp-dir", str(self.scratch)]  # fmt: skip
+        io_name = self.io_name
+        command = [sys.executable, "-P", "-m", "mms.model_service_worker", "--sock-type", "unix",
+                   "--sock-name", str(path), "--handler", HANDLER, "--model-path", str(self.model_dir),
+                   "--model-name", SINGLE_MODEL_NAME, "--preload-model", "false",
+                   "--tmp-dir", str(self.scratch)]  # fmt: skip
+        # as serve.mms.start gave MMS's frontend, whose workers inherited it; -P: the scratch
+        # folder (the working directory) is not on the import path
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MMS_")}
+        env |= {"TEMP": str(self.scratch), "TMPDIR": str(self.scratch), "HOME": str(self.scratch)}
         env["MMS_DECODE_INPUT_REQUEST"] = "false"  # the handler reads the raw body, as from MMS
         self.process = subprocess.Popen(command, env=env, cwd=self.scratch, process_group=0)
         self.sock = self._connect(path)
@@ -141,12 +155,18 @@ class Worker:
             raise WorkerError(f"worker {self.index} died while loading the model ({exc})") from None
         if code != 200:
             raise WorkerError(f"worker {self.index} could not load the model: {code} {message}")
+        self.child = _forked_child(self.process.pid)
         for stream in ("stdout", "stderr"):  # the worker writes its log to these fifos; they must be read
             fifo = self.scratch / f"{io_name}-{stream}"
             relay = threading.Thread(target=_relay_log, args=(fifo, self.killed), daemon=True)
             relay.start()
         self.sock.settimeout(self.timeout)
         self.reader = reader
+
+    @property
+    def io_name(self) -> str:
+        """This generation's name for its log fifos (``<io_name>-stdout``, ``-stderr``)."""
+        return f"worker-{self.index}-{self.generation}"
 
     def _connect(self, path: Path) -> socket.socket:
         deadline = time.monotonic() + 60
@@ -170,7 +190,9 @@ class Worker:
         except TimeoutError:
             reason = f"the model took longer than {self.timeout:.0f} s (SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS)"
             raise WorkerError(reason, 504) from None
-        except OSError as exc:
+        except WorkerError:
+            raise
+        except Exception as exc:  # a broken connection, or an answer that is not MMS's protocol
             raise WorkerError(f"the worker's connection failed ({type(exc).__name__})") from None
 
     def alive(self) -> bool:
@@ -195,6 +217,29 @@ class Worker:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signum)
 
+    def clean_up(self) -> None:
+        """After the processes ended: reap the forked one (``serve`` adopted it), end the log
+        relays still waiting for a writer, and remove the fifos."""
+        if self.child is not None:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(self.child, 0)
+        for stream in ("stdout", "stderr"):
+            fifo = self.scratch / f"{self.io_name}-{stream}"
+            with contextlib.suppress(OSError):
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a relay blocked in open() gets EOF
+            with contextlib.suppress(OSError):
+                fifo.unlink()
+
+
+def _forked_child(listener: int) -> int | None:
+    """The pid of the process MMS's listener forked for our connection (it holds the model)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(listener).children()
+        return children[0].pid if children else None
+    return None
+
 
 def _relay_log(fifo: Path, killed: threading.Event) -> None:
     """Copy a worker's log lines to ours, without MMS's per-request "[METRICS]" lines, until
@@ -218,17 +263,22 @@ class WorkerPool:
         self.stopped = threading.Event()
 
     def start(self, on_failure) -> None:
-        """Start every worker in the background; ``on_failure(reason)`` if one cannot load."""
+        """Start every worker in the background; ``on_failure(reason)`` if one cannot load, at
+        start or when it replaces one that died (the server then stops: its log says why)."""
+        self.on_failure = on_failure
         for worker in self.workers:
-            threading.Thread(target=self._start, args=(worker, on_failure), daemon=True).start()
+            threading.Thread(target=self._start, args=(worker,), daemon=True).start()
 
-    def _start(self, worker: Worker, on_failure) -> None:
+    def _start(self, worker: Worker) -> None:
         try:
             worker.start()
-        except WorkerError as exc:
+        except Exception as exc:  # WorkerError, or the OS refusing a process, a socket, a write
             worker.kill()
             if not self.stopped.is_set():
-                on_failure(str(exc))
+                self.on_failure(str(exc) if isinstance(exc, WorkerError) else f"worker {worker.index}: {exc!r}")
+            return
+        if self.stopped.is_set():
+            worker.kill()
             return
         worker.ready = True
         self.idle.put((worker, worker.generation))
@@ -240,7 +290,12 @@ class WorkerPool:
         try:
             reply = worker.predict(headers, body, content_type)
         except WorkerError as exc:
+            if self.stopped.is_set():
+                raise WorkerError("the server is stopping", 503) from None
             self._replace(worker, generation, str(exc))
+            raise
+        except BaseException:  # never lose a worker: it may be mid-answer
+            self._replace(worker, generation, "a request was interrupted")
             raise
         self.idle.put((worker, generation))
         return reply
@@ -248,7 +303,7 @@ class WorkerPool:
     def _take(self) -> tuple[Worker, int]:
         """An idle worker that is still running: one that died while idle is replaced, not used."""
         deadline = time.monotonic() + self.timeout
-        while (left := deadline - time.monotonic()) > 0:
+        while (left := deadline - time.monotonic()) > 0 and not self.stopped.is_set():
             try:
                 worker, generation = self.idle.get(timeout=left)
             except queue.Empty:
@@ -271,21 +326,25 @@ class WorkerPool:
 
     def _restart(self, worker: Worker) -> None:
         worker.process.wait()
+        worker.clean_up()
         time.sleep(RESTART_PAUSE)
         if not self.stopped.is_set():
-            self._start(worker, lambda reason: log.error("%s", reason))
+            self._start(worker)
 
     def healthy(self) -> bool:
         """Every worker loaded and running; a worker found dead is replaced."""
         for worker in self.workers:
+            generation = worker.generation
             if worker.ready and not worker.alive():
-                self._replace(worker, worker.generation, "its process ended")
+                self._replace(worker, generation, "its process ended")
         return all(worker.ready for worker in self.workers)
 
     def signal(self, signum: int) -> None:
-        """Stop (SIGTERM) or kill every worker; ``wait`` returns."""
+        """Stop (SIGTERM) or kill every worker; ``wait`` returns. Requests in flight are
+        answered 500, and no new one is taken."""
         self.stopped.set()
         for worker in self.workers:
+            worker.ready = False
             worker.kill(signum)
 
     def wait(self) -> None:

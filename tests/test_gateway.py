@@ -12,6 +12,7 @@ import time
 import psutil
 import pytest
 
+from serve import gateway
 from tests.serving import Recorder, Server, png_bytes, predict, request
 
 pytestmark = pytest.mark.slow
@@ -109,6 +110,15 @@ def test_connections_over_the_cap_are_closed_and_the_server_lives(single):
             sock.close()
     time.sleep(0.5)
     assert predict(single.port, png_bytes(), PNG)[0] == 200
+
+
+@pytest.mark.parametrize(
+    "value,expected",
+    [("image/png", "image/png"), ("", "application/json"), ("text/csv\r\nX-Evil: 1", "application/json"),
+     ("text/\u00e9", "application/json")],
+)  # fmt: skip
+def test_a_worker_s_content_type_is_sent_only_if_it_can_be_a_header(value, expected):
+    assert gateway.header_value(value, "application/json") == expected
 
 
 def test_ping_is_503_once_the_worker_is_gone_until_a_new_one_serves(small_model, tmp_path):

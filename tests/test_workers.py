@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import signal
 import socket
+import struct
 import threading
 import time
 
@@ -57,6 +59,22 @@ def test_we_read_the_answer_mms_workers_write():
     assert reply == workers.Reply(415, "unsupported content type", "application/json", b'{"error": "x"}')
 
 
+def test_a_failed_batch_answers_with_mms_s_message_not_its_placeholder_body():
+    from mms.protocol.otf_message_handler import create_predict_response
+
+    raw = create_predict_response(None, {0: "req-1"}, "Prediction failed", 503)
+    reply = workers.read_reply(workers._Reader(io.BytesIO(bytes(raw))))
+    assert (reply.status, reply.phrase) == (503, "Prediction failed")
+    assert json.loads(reply.body) == {"message": "Prediction failed"}
+
+
+def test_an_answer_over_the_response_limit_is_refused_before_it_is_read():
+    fields = [struct.pack("!ii", 200, 0), struct.pack("!i", 1) + b"r", struct.pack("!iiii", 0, 200, 0, 0)]
+    raw = b"".join(fields) + struct.pack("!i", workers.MAX_RESPONSE_BYTES + 1)
+    with pytest.raises(workers.WorkerError, match="over"):
+        workers.read_reply(workers._Reader(io.BytesIO(raw)))
+
+
 def test_a_truncated_answer_is_a_worker_error():
     with pytest.raises(workers.WorkerError, match="closed"):
         workers.read_reply(workers._Reader(io.BytesIO(b"\x00\x00\x00\xc8\x00")))
@@ -68,9 +86,11 @@ def pool(small_model, tmp_path, monkeypatch):
     monkeypatch.setenv("SERVE_THREADS", "1")
     scratch = tmp_path / "scratch"
     scratch.mkdir(mode=0o700)
+    model = shutil.copytree(small_model, tmp_path / "model")
     failures: list[str] = []
-    made = workers.WorkerPool(small_model, scratch, 1, 0, timeout=30)
+    made = workers.WorkerPool(model, scratch, 1, 0, timeout=30)
     made.start(on_failure=failures.append)
+    made.failures, made.scratch, made.model = failures, scratch, model
     deadline = time.monotonic() + 120
     while not made.healthy() and not failures and time.monotonic() < deadline:
         time.sleep(0.1)
@@ -114,6 +134,17 @@ def test_a_worker_that_died_while_idle_is_replaced_before_a_request_reaches_it(p
     kill_forked_worker(worker)
     reply = ask(pool, png())  # waits for the replacement instead of failing
     assert reply.status == 200 and worker.generation == 2 and pool.healthy()
+    assert not list(pool.scratch.glob("worker-0-1-*")), "the first generation's log fifos are left"
+
+
+def test_a_worker_that_cannot_be_replaced_stops_the_server(pool):
+    shutil.rmtree(pool.model)  # the replacement cannot load the model
+    kill_forked_worker(pool.workers[0])
+    assert not pool.healthy()
+    deadline = time.monotonic() + 60
+    while not pool.failures and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert pool.failures and "worker 0" in pool.failures[0]
 
 
 def test_a_worker_that_dies_under_a_request_is_a_500_and_ping_tells(pool):
