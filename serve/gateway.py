@@ -250,7 +250,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             return self.ping()
         if registry is None and parts == ["invocations"]:
             self.allow("POST")
-            return self.forward(self.server.inference, "/invocations")
+            return self.forward("/invocations")
         if registry is None and parts == ["execution-parameters"]:
             self.allow("GET", "HEAD")
             return self.reply(200, json.dumps(execution_parameters(self.server.settings)).encode())
@@ -260,7 +260,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 raise Refused(404, "no such model")
             if len(parts) == 3 and parts[2] == "invoke":
                 self.allow("POST")
-                return self.forward(self.server.inference, f"/models/{name}/invoke")
+                return self.forward(f"/models/{name}/invoke")
             if len(parts) == 1:
                 self.allow("GET", "POST")
                 if method == "POST":
@@ -312,8 +312,9 @@ class Handler(http.server.BaseHTTPRequestHandler):
                 return
             length -= len(chunk)
 
-    def forward(self, socket: Path, url: str) -> None:
-        """Pass the request to a worker or MMS (bodies held at once are bounded) and relay the answer."""
+    def forward(self, url: str) -> None:
+        """Pass the request to a worker (single model) or to MMS's ``url`` (multi-model), with
+        the bodies held at once bounded, and relay the answer."""
         kind = self.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if kind in FORM_TYPES:  # MMS's own form decoders would fail on them with a 500 echoing the body
             self.close_connection = True
@@ -326,7 +327,7 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if self.server.pool is not None:
                 answer = self.ask_worker(headers, body)
             else:
-                response, data = self.exchange(socket, url, body, headers)
+                response, data = self.exchange(self.server.inference, url, body, headers)
                 content_type = response.getheader("Content-Type", "application/json")
                 answer = workers.Reply(response.status, response.reason, content_type, data)
         finally:

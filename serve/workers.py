@@ -133,7 +133,6 @@ class Worker:
         self.generation += 1
         self.killed, self.child = threading.Event(), None
         path = self.scratch / f"worker-{self.index}.sock"
-        io_name = self.io_name
         command = [sys.executable, "-P", "-m", "mms.model_service_worker", "--sock-type", "unix",
                    "--sock-name", str(path), "--handler", HANDLER, "--model-path", str(self.model_dir),
                    "--model-name", SINGLE_MODEL_NAME, "--preload-model", "false",
@@ -145,7 +144,7 @@ class Worker:
         env["MMS_DECODE_INPUT_REQUEST"] = "false"  # the handler reads the raw body, as from MMS
         self.process = subprocess.Popen(command, env=env, cwd=self.scratch, process_group=0)
         self.sock = self._connect(path)
-        self.sock.sendall(load_message(self.model_dir, self.gpu, io_name))
+        self.sock.sendall(load_message(self.model_dir, self.gpu, self.io_name))
         self.sock.settimeout(START_SECONDS)
         reader = _Reader(self.sock.makefile("rb"))
         try:
@@ -156,8 +155,7 @@ class Worker:
         if code != 200:
             raise WorkerError(f"worker {self.index} could not load the model: {code} {message}")
         self.child = _forked_child(self.process.pid)
-        for stream in ("stdout", "stderr"):  # the worker writes its log to these fifos; they must be read
-            fifo = self.scratch / f"{io_name}-{stream}"
+        for fifo in self.fifos():  # the worker writes its log to these; they must be read
             relay = threading.Thread(target=_relay_log, args=(fifo, self.killed), daemon=True)
             relay.start()
         self.sock.settimeout(self.timeout)
@@ -165,8 +163,12 @@ class Worker:
 
     @property
     def io_name(self) -> str:
-        """This generation's name for its log fifos (``<io_name>-stdout``, ``-stderr``)."""
+        """This generation's name for its log fifos (``fifos``)."""
         return f"worker-{self.index}-{self.generation}"
+
+    def fifos(self) -> list[Path]:
+        """The log fifos MMS's worker makes from ``io_name``: its stdout and its stderr."""
+        return [self.scratch / f"{self.io_name}-{stream}" for stream in ("stdout", "stderr")]
 
     def _connect(self, path: Path) -> socket.socket:
         deadline = time.monotonic() + 60
@@ -223,8 +225,7 @@ class Worker:
         if self.child is not None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.child, 0)
-        for stream in ("stdout", "stderr"):
-            fifo = self.scratch / f"{self.io_name}-{stream}"
+        for fifo in self.fifos():
             with contextlib.suppress(OSError):
                 os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))  # a relay blocked in open() gets EOF
             with contextlib.suppress(OSError):

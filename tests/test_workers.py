@@ -91,10 +91,7 @@ def pool(small_model, tmp_path, monkeypatch):
     made = workers.WorkerPool(model, scratch, 1, 0, timeout=30)
     made.start(on_failure=failures.append)
     made.failures, made.scratch, made.model = failures, scratch, model
-    deadline = time.monotonic() + 120
-    while not made.healthy() and not failures and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert made.healthy(), failures
+    assert wait_healthy(made), failures
     yield made
     made.signal(signal.SIGKILL)
     made.wait()
@@ -105,8 +102,9 @@ def ask(pool: workers.WorkerPool, body: bytes, content_type: str = "image/png") 
 
 
 def wait_healthy(pool: workers.WorkerPool, seconds: float = 120) -> bool:
+    """Whether the pool becomes healthy within ``seconds`` (no longer waited for once a worker failed to load)."""
     deadline = time.monotonic() + seconds
-    while not pool.healthy() and time.monotonic() < deadline:
+    while not pool.healthy() and not pool.failures and time.monotonic() < deadline:
         time.sleep(0.1)
     return pool.healthy()
 
