@@ -276,8 +276,8 @@ def load_network(model_dir: str | os.PathLike, meta: Metadata, device: str | tor
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        first_line = str(exc).splitlines()[0]
-        raise ArtifactError(f"weights do not fit {meta.architecture}: {first_line}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ArtifactError(f"weights do not fit {meta.architecture}: {reason}") from exc
     return model.to(device).eval()
 
 

@@ -188,13 +188,18 @@ def _decode_image(data: bytes, options: DecodeOptions, where: str, budget: int |
     except MemoryError:
         raise RequestError(413, f"{where} is too large to decode") from None
     except Exception as exc:  # Pillow raises many types on hostile bytes: all are the client's
-        raise RequestError(400, f"{where} is not a readable image: {_describe(exc)}") from None
+        raise RequestError(400, f"{where} is not a readable image: {first_line(exc)}") from None
 
 
-def _describe(exc: Exception) -> str:
-    """The first line of an exception's message, without object addresses."""
-    text = str(exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return ADDRESS.sub("", text).strip() or type(exc).__name__
+def first_line(error: BaseException | str, limit: int = 300) -> str:
+    """The first non-empty line of an exception's message (or of a text), shortened, without
+    object addresses; an exception without a message is named by its type. The one way every
+    part of serving turns an error into a one-line reason."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = ADDRESS.sub("", lines[0]).strip() if lines else ""
+    if not text and isinstance(error, BaseException):
+        text = type(error).__name__
+    return text[:limit]
 
 
 def parse_top_k(value) -> int | None:

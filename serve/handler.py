@@ -3,18 +3,18 @@
 The forward pass runs on ONNX Runtime or PyTorch (``serve.runtimes``); everything else here
 is numpy and Pillow, so the CPU serving image needs no torch.
 
-MMS calls ``handle(None, context)`` once when a worker loads the model (a failure there
-propagates, unlike a handler class whose ``initialize`` errors MMS swallows), then
-``handle(requests, context)`` with one or more requests (server-side batching). All images
-of all requests in a call go through the model as one batch; each request gets its own
-status: a bad request is a 4xx with a one-line JSON reason and never takes the others down.
+MMS's worker calls ``handle(None, context)`` once when it loads the model (a failure there
+propagates to ``serve.workers``, which reports it: unlike a handler class whose
+``initialize`` errors MMS swallows), then ``handle(requests, context)`` with each batch that
+``serve.workers`` formed from the requests queued for the model. All images of all requests
+in a call go through the model as one batch; each request gets its own status: a bad request
+is a 4xx with a one-line JSON reason and never takes the others down.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import time
 
@@ -23,10 +23,10 @@ from PIL import Image
 
 import model_artifact
 from serve import codecs, mms, runtimes, script_service
-from serve.settings import Settings, log_level, multi_model
+from serve.codecs import first_line
+from serve.settings import Settings, log_level
 
 log = logging.getLogger("serve.handler")
-SERVER_PID_ENV = "SERVE_SERVER_PID"  # set by serve.server: a failed load stops the server
 
 
 class ClassifierService:
@@ -100,7 +100,7 @@ class ClassifierService:
         except Exception as exc:
             log.exception("prediction failed for a batch of %d images", len(inputs))
             if self.model.is_broken(exc):
-                _exit_worker(f"the GPU failed ({str(exc).splitlines()[0]}): this worker exits so that /ping tells")
+                _exit_worker(f"the GPU failed ({first_line(exc)}): this worker exits so that /ping tells")
             for idx in decoded:
                 bodies[idx] = self._error(context, idx, 500, "prediction failed; see the endpoint's log")
             return
@@ -133,24 +133,12 @@ def _exit_worker(reason: str) -> None:
     os._exit(1)
 
 
-def _stop_server(reason: str) -> None:
-    """Single-model endpoint: a model that cannot load must stop the container, not idle."""
-    pid = os.environ.get(SERVER_PID_ENV)
-    if pid and not multi_model():
-        log.error("stopping the server: %s", reason)
-        os.kill(int(pid), signal.SIGUSR1)
-
-
 def handle(data, context):
     """The MMS entry point."""
     if data is None:  # model load
         logging.basicConfig(level=log_level(), stream=sys.stdout)
-        props = context.system_properties
-        try:
-            _service.initialize(props.get("model_dir"), props.get("gpu_id"), Settings.from_env())
-        except Exception as exc:
-            _stop_server(f"the model in {props.get('model_dir')} failed to load: {exc}")
-            raise
+        props = context.system_properties  # a failure propagates: MMS answers the load command with it
+        _service.initialize(props.get("model_dir"), props.get("gpu_id"), Settings.from_env())
         return None
     return _service.handle(data, context)
 

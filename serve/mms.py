@@ -1,130 +1,131 @@
-"""multi-model-server (MMS) on multi-model endpoints: its configuration, its process group,
-and HTTP to its sockets (single-model endpoints drive MMS's workers directly: ``serve.workers``).
+"""multi-model-server's Python worker protocol: what we send a worker and how we read its answers.
 
-sagemaker-inference's ``start_model_server`` is not used: it binds MMS's management API to
-the serving port on every interface (anyone who reaches port 8080 can register a model from a
-URL and run its handler, or delete ours), puts ``/opt/ml/model/code`` on the workers'
-``PYTHONPATH``, pip-installs ``code/requirements.txt`` as root, writes ``/etc``, and finds
-MMS again by scanning every process on the machine. Here both MMS APIs listen on Unix sockets
-in a private folder that only the server's user can enter; ``serve.gateway`` alone is on the
-network. The Java frontend is started directly (not through the ``multi-model-server``
-wrapper) in its own process group, so that one signal reaches it and its workers.
-``serve.toolkits`` lists each toolkit function replaced here, and the version checked.
+Every model (one on a single-model endpoint, each registered one on a multi-model endpoint)
+runs in MMS's own Python workers (``mms.model_service_worker``), which run our handler
+(``HANDLER``) in MMS's own ``Context``. MMS's Java frontend is not used: ``serve.workers``
+starts the workers and speaks their binary protocol (length-prefixed fields, as MMS's
+``otf_message_handler`` reads and writes them) on a Unix socket in the server's private
+folder. tests/test_mms.py checks every message against MMS's own codec.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
 import json
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-from urllib.parse import urlencode
-
-from serve.settings import Settings
+import struct
+from dataclasses import dataclass
 
 HANDLER = "serve.handler:handle"
-LOG_CONFIG = str(Path(__file__).with_name("log4j2.xml"))
-SINGLE_MODEL_NAME = "model"
-MAIN_CLASS = "com.amazonaws.ml.mms.ModelServer"  # the Java frontend, as mms.model_server.start runs it
+MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # as MMS's max_response_size; a user's output_fn could return more
 
 
-def inference_socket(folder: Path) -> Path:
-    """Where MMS's inference API listens (``/ping``, ``/invocations``, ``/models/<name>/invoke``)."""
-    return folder / "inference.sock"
+class ProtocolError(Exception):
+    """A worker's answer ended early or broke MMS's protocol."""
 
 
-def management_socket(folder: Path) -> Path:
-    """Where MMS's management API listens (``/models``)."""
-    return folder / "management.sock"
+@dataclass
+class Job:
+    """One request for a model: what the worker gets (headers, body, content type)."""
+
+    headers: dict[str, str]
+    body: bytes
+    content_type: str
 
 
-def properties(settings: Settings, gpus: int, sockets: Path) -> str:
-    """The MMS configuration file: both APIs on Unix sockets, our handler, the limits."""
-    values = {
-        "inference_address": f"unix:{inference_socket(sockets)}",
-        "management_address": f"unix:{management_socket(sockets)}",
-        "use_native_io": "true",  # required for Unix sockets
-        "enable_envvars_config": "false",  # MMS_* variables must not reconfigure it
-        "decode_input_request": "false",
-        "default_service_handler": HANDLER,
-        "default_workers_per_model": settings.workers,
-        "default_response_timeout_seconds": settings.timeout_seconds,
-        # the gateway enforces the payload limit; this only leaves room for its headers
-        "max_request_size": settings.max_payload_mb * 1024 * 1024 + 65536,
-        "max_response_size": 16 * 1024 * 1024,
-        "number_of_gpu": gpus,  # MMS pins worker i to GPU i % gpus
-    }
-    return "".join(f"{key}={value}\n" for key, value in values.items())
+@dataclass
+class Reply:
+    """One request's answer from a worker, as MMS would relay it."""
+
+    status: int
+    phrase: str
+    content_type: str
+    body: bytes
 
 
-def command(config: Path, scratch: Path, vmargs: str) -> list[str]:
-    """The Java command that ``multi-model-server --start`` builds, without its wrapper process
-    (a signal to the wrapper would not reach the frontend)."""
-    import mms
-
-    home = Path(mms.__file__).resolve().parents[1]
-    java = str(Path(os.environ["JAVA_HOME"], "bin", "java")) if os.environ.get("JAVA_HOME") else "java"
-    jvm = [
-        f"-Dmodel_server_home={home}",
-        f"-Dlog4j.configurationFile=file://{LOG_CONFIG}",
-        f"-Djava.io.tmpdir={scratch}",
-    ]
-    mms_args = ["--python", sys.executable, "-f", str(config), "-s", "/"]
-    classpath = f".:{home / 'mms' / 'frontend'}/*"
-    return [java, *jvm, *vmargs.split(), "-cp", classpath, MAIN_CLASS, *mms_args]
+def _field(data: bytes | str) -> bytes:
+    raw = data.encode() if isinstance(data, str) else data
+    return struct.pack("!i", len(raw)) + raw
 
 
-def start(command: list[str], scratch: Path, environment: dict[str, str]) -> subprocess.Popen:
-    """Start MMS in a process group of its own, working in ``scratch`` (its temp folder)."""
-    env = {k: v for k, v in environment.items() if k != "PYTHONPATH" and not k.startswith("MMS_")}
-    env |= {"TEMP": str(scratch), "TMPDIR": str(scratch), "HOME": str(scratch)}
-    return subprocess.Popen(command, env=env, cwd=scratch, process_group=0)
+def load_message(model_name: str, model_dir: str, gpu: int, io_name: str, batch_size: int) -> bytes:
+    """MMS's load command: model name and folder, batch size, handler, GPU (-1: none), log fifos."""
+    return b"L" + _field(model_name) + _field(model_dir) + struct.pack("!i", batch_size) + _field(HANDLER) + \
+        struct.pack("!i", gpu) + _field(io_name)  # fmt: skip
 
 
-def signal_group(process: subprocess.Popen, signum: int) -> None:
-    """Send ``signum`` to MMS's frontend and workers (its process group)."""
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signum)
+def predict_message(jobs: list[Job]) -> bytes:
+    """MMS's inference command for a batch: each request's id (its index), headers, and body
+    as the input "body"."""
+    parts = [b"I"]
+    for index, job in enumerate(jobs):
+        parts.append(_field(str(index)))
+        parts += [_field(name) + _field(value) for name, value in job.headers.items()]
+        parts += [struct.pack("!i", -1), _field("body"), _field(job.content_type), _field(job.body)]
+        parts.append(struct.pack("!i", -1))  # end of this request's parameters
+    parts.append(struct.pack("!i", -1))  # end of the batch
+    return b"".join(parts)
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """HTTP over one of MMS's Unix sockets."""
+class Reader:
+    """Reads MMS's length-prefixed answer from a buffered socket file."""
 
-    def __init__(self, path: Path, timeout: float):
-        super().__init__("localhost", timeout=timeout)
-        self.path = str(path)
+    def __init__(self, stream):
+        self.stream = stream
 
-    def connect(self) -> None:
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.settimeout(self.timeout)
-        self.sock.connect(self.path)
+    def exact(self, n: int) -> bytes:
+        data = self.stream.read(n)
+        if data is None or len(data) < n:
+            raise ProtocolError("the worker closed its connection")
+        return data
 
+    def int(self) -> int:
+        return struct.unpack("!i", self.exact(4))[0]
 
-def call(path: Path, method: str, target: str, timeout: float = 10, **query: str) -> tuple[int, dict]:
-    """One request to an MMS socket: (status, JSON body or {"message": text})."""
-    connection = UnixHTTPConnection(path, timeout)
-    try:
-        connection.request(method, f"{target}?{urlencode(query)}" if query else target)
-        response = connection.getresponse()
-        raw = response.read()
-    finally:
-        connection.close()
-    return response.status, parse(raw)
+    def text(self) -> str:
+        n = self.int()
+        return self.exact(n).decode("utf-8", "replace") if n > 0 else ""
 
 
-def parse(raw: bytes) -> dict:
-    """An MMS answer as a dict: its JSON object, or ``{"message": text}``."""
-    try:
-        answer = json.loads(raw)
-    except (ValueError, RecursionError):
-        return {"message": raw.decode(errors="replace")}
-    return answer if isinstance(answer, dict) else {"message": str(answer)}
+def read_load_answer(reader: Reader) -> tuple[int, str]:
+    """A load command's (code, message)."""
+    code, message = reader.int(), reader.text()
+    reader.int()  # end of the (empty) list of predictions
+    return code, message
+
+
+def read_replies(reader: Reader, count: int) -> list[Reply]:
+    """The answers to a batch of ``count`` requests, in the batch's order. A batch that failed
+    (the handler raised, or returned no list) gives each request MMS's message, as MMS's
+    frontend answered it, not the placeholder body "error"."""
+    code, message = reader.int(), reader.text()
+    replies: dict[int, Reply] = {}
+    while (length := reader.int()) != -1:
+        request_id = reader.exact(length).decode(errors="replace")
+        content_type, status, phrase = reader.text(), reader.int(), reader.text()
+        for _ in range(reader.int()):  # response headers: ours set none
+            reader.text(), reader.text()
+        size = reader.int()
+        if size > MAX_RESPONSE_BYTES:
+            raise ProtocolError(f"the worker's answer of {size} bytes is over {MAX_RESPONSE_BYTES}")
+        body = reader.exact(size)
+        if request_id.isdigit() and int(request_id) < count:
+            replies[int(request_id)] = Reply(status, phrase, content_type, body)
+    if code != 200:
+        failed = Reply(code, message, "application/json", json.dumps({"message": message}).encode())
+        return [failed] * count
+    if len(replies) != count:
+        raise ProtocolError(f"the worker answered {len(replies)} of {count} requests: {message}")
+    return [replies[i] for i in range(count)]
 
 
 def request_headers(context, idx: int) -> dict[str, str]:
     """Request ``idx``'s headers as an MMS worker's context holds them, names lowercased."""
     return {str(k).lower(): str(v) for k, v in (context.get_all_request_header(idx) or {}).items()}
+
+
+def parse(raw: bytes) -> dict:
+    """A worker's answer body as a dict: its JSON object, or ``{"message": text}``."""
+    try:
+        answer = json.loads(raw)
+    except (ValueError, RecursionError):
+        return {"message": raw.decode(errors="replace")}
+    return answer if isinstance(answer, dict) else {"message": str(answer)}

@@ -1,48 +1,50 @@
-"""The ``serve`` executable: our gateway on the serving port, multi-model-server's workers behind it.
+"""The ``serve`` executable: uvicorn and our gateway on the serving port, MMS's Python workers behind it.
 
 What SageMaker's serving stack gets wrong, and what ``serve`` does instead:
 
-- doors: sagemaker-inference binds MMS's management API to the serving port; here MMS
-  listens on Unix sockets in a private folder and only ``serve.gateway`` is on the network;
+- doors: sagemaker-inference binds MMS's management API to the serving port; here the only
+  socket on the network is the gateway's (``serve.gateway`` on ``serve.listener``), which
+  serves SageMaker's routes and nothing else, and the workers listen on Unix sockets in a
+  private folder;
+- the server: MMS's Java frontend (netty 4.1.91, no release since June 2023) is not used,
+  and no image has Java: a maintained Python HTTP server (uvicorn) answers, and the workers
+  are driven over MMS's own protocol (``serve.workers``), batching requests across clients;
 - code from data: MMS puts the model folder (and sagemaker-inference ``code/``) on the
-  workers' ``PYTHONPATH`` and obeys a ``MAR-INF/MANIFEST.json``; here MMS only ever sees a
-  copy of the artifact's two files (``model_artifact.copy_files``), and no
-  ``requirements.txt`` is installed, unless the deployer sets ``SAGEMAKER_PROGRAM``
-  (``serve.script_mode``: staged copies, the code folder alone on the import path);
+  workers' ``PYTHONPATH`` and obeys a ``MAR-INF/MANIFEST.json``; here the workers only ever see
+  a copy of the artifact's files (``model_artifact.copy_files``), and no ``requirements.txt``
+  is installed, unless the deployer sets ``SAGEMAKER_PROGRAM`` (``serve.script_mode``: staged
+  copies, the code folder alone on the import path);
 - privileges: started as root, ``serve`` prepares its folders, binds the port, then runs
-  everything (gateway, workers, MMS's frontend) as ``SERVE_USER``;
-- the request's path: MMS's Java frontend relays each request to a Python worker and costs
-  milliseconds per request; on a single-model endpoint the gateway drives MMS's workers
-  itself (``serve.workers``), and the frontend runs only for multi-model endpoints;
+  everything (gateway, workers) as ``SERVE_USER``;
 - health: the model is loaded and warmed up by a pre-flight process before the workers start,
   so a broken artifact stops the container with the reason; ``/ping`` is 200 only while every
-  worker is ready (MMS answers 200 "Unhealthy"); a worker that fails to load stops the server;
-- logs: stdout only; the gateway's access line, after the answer, instead of MMS's lines
-  before it (``serve/log4j2.xml``), none per ``/ping``;
-- stopping: SIGTERM reaches the workers (and the frontend: one process group), and the
-  frontend exiting by itself is a failure, not a clean exit.
-
-Each worker takes one request at a time (batch size 1, as MMS registers a single model): the
-images of one request are one batch.
+  worker is loaded and running; a worker that cannot load stops the server;
+- traffic: every request is answered (503 with ``Retry-After`` when the queue is full, never
+  a closed connection), and slow or malformed clients hold no worker;
+- logs: stdout only; one access line per request, after its answer, none per ``/ping``;
+- stopping: SIGTERM stops accepting, lets the requests in flight finish, then stops the
+  workers (their process groups); what is left is killed after the grace.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import pwd
 import re
+import resource
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 import model_artifact
-from serve import gateway, logs, mms, script_mode, workers
-from serve.handler import SERVER_PID_ENV
+from serve import gateway, listener, logs, script_mode
+from serve.codecs import first_line
+from serve.registry import Registry, RegistryError
 from serve.settings import Settings
 
 log = logging.getLogger("serve")
@@ -65,29 +67,30 @@ def export_settings(settings: Settings) -> None:
             "SERVE_THREADS": str(settings.threads),
             "OMP_NUM_THREADS": str(settings.threads),
             "SERVE_LOG_LEVEL": settings.log_level,
-            SERVER_PID_ENV: str(os.getpid()),
         }
     )
 
 
-class RuntimeFolder:
-    """A private folder for one server: MMS's configuration (multi-model; read-only), the staged model(s),
-    and a scratch folder (sockets, Java's temp files) that only the server's user can enter."""
+def raise_open_files_limit() -> None:
+    """Allow as many open files as the hard limit does: each client connection is one."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+class ServerFolder:
+    """A private folder for one server: the staged model(s), and a scratch folder (the
+    workers' sockets, log fifos and temp files) that only the server's user can enter."""
 
     def __init__(self, user: pwd.struct_passwd | None):
         self.root = Path(tempfile.mkdtemp(prefix="serve-"))
         self.root.chmod(0o755)
-        self.config, self.model, self.models = self.root / "mms.properties", self.root / "model", self.root / "models"
-        self.scratch = self.root / "scratch"
+        self.model, self.models, self.scratch = self.root / "model", self.root / "models", self.root / "scratch"
         self.script: script_mode.Staged | None = None  # script mode's staged model and code
         for folder in (self.scratch, self.models):
             folder.mkdir(mode=0o700)
             if user is not None:
                 os.chown(folder, user.pw_uid, user.pw_gid)
-
-    def write_config(self, text: str) -> None:
-        self.config.write_text(text)
-        self.config.chmod(0o444)
 
     def stage(self, model_dir: Path) -> Path:
         """Copy the artifact's files (nothing else) and make the copy read-only."""
@@ -155,98 +158,74 @@ def stop_descendants(grace: float = 5) -> None:
         log.info("stopped %d leftover process(es)", len(children))
 
 
-class Frontend:
-    """MMS's Java frontend (multi-model endpoints), signalled through its process group."""
-
-    def __init__(self, process: subprocess.Popen):
-        self.process = process
-
-    def signal(self, signum: int) -> None:
-        mms.signal_group(self.process, signum)
-
-    def wait(self) -> None:
-        self.process.wait()
-
-
 class Lifecycle:
-    """Signals: SIGTERM/SIGINT stop the backend (the workers, or MMS; killed after the grace);
-    SIGUSR1, sent by a worker whose model failed to load, stops it as a failure."""
+    """How serving ends: SIGTERM/SIGINT stop it cleanly (the listener finishes the requests in
+    flight, then the workers stop, killed after the grace); a worker that cannot load stops it
+    as a failure (single model; a multi-model endpoint unloads that model instead)."""
 
     def __init__(self) -> None:
-        self.requested = False
-        self.backend: workers.WorkerPool | Frontend | None = None
-        self.finished = threading.Event()
+        self.requested = False  # a signal asked for the stop
+        self.failed = False
+        self.listener: listener.Listener | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._terminate)
         signal.signal(signal.SIGINT, self._terminate)
-        signal.signal(signal.SIGUSR1, self._worker_failed)
 
     def _terminate(self, _signum, _frame) -> None:
         self.requested = True
         self._stop()
 
-    def _worker_failed(self, _signum, _frame) -> None:
-        self.fail("a model worker could not load the model: stopping (see the worker's log above)")
-
     def fail(self, reason: str) -> None:
-        """Stop the backend as a failure."""
+        """Stop serving as a failure (from any thread)."""
         log.error("%s", reason)
+        self.failed = True
         self._stop()
 
     def _stop(self) -> None:
-        if self.backend is None:
-            sys.exit(0 if self.requested else 1)
-        self.backend.signal(signal.SIGTERM)
-        timer = threading.Timer(STOP_GRACE_SECONDS, self._kill)
-        timer.daemon = True  # must not keep serve alive once the backend has stopped
-        timer.start()
-
-    def _kill(self) -> None:
-        if self.backend is not None and not self.finished.is_set():
-            log.warning("the model server did not stop within %d s: killed", STOP_GRACE_SECONDS)
-            self.backend.signal(signal.SIGKILL)
+        if self.listener is None:
+            sys.exit(0 if self.requested and not self.failed else 1)
+        self.listener.stop()
 
 
-def prepare(settings: Settings) -> tuple[RuntimeFolder, pwd.struct_passwd | None, Path | None]:
-    """As the starting user: the runtime folder, MMS's configuration (multi-model) and the staged model."""
+def prepare(settings: Settings) -> tuple[ServerFolder, pwd.struct_passwd | None, Path | None]:
+    """As the starting user: the server's folder and the staged model (none: multi-model)."""
     user = server_user(settings.user)
-    runtime = RuntimeFolder(user)
-    if settings.multi_model:
-        runtime.write_config(mms.properties(settings, gpu_count(), runtime.scratch))
+    folder = ServerFolder(user)
     source = settings.base_dir / "model"
     if settings.program:  # script mode: the deployer chose to run the code in the model
-        return runtime, user, stage_script(settings, source, runtime)
+        return folder, user, stage_script(settings, source, folder)
     if settings.multi_model:
-        return runtime, user, None
+        return folder, user, None
     known = (*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES)
     unused = sorted(p.name for p in source.iterdir() if p.name not in known) if source.is_dir() else []
     if unused:  # e.g. code/ of a model packed for AWS's containers: never imported here
         log.info("serving %s only; not used from %s: %s", ", ".join(known), source, ", ".join(unused[:10]))
     try:
-        return runtime, user, runtime.stage(source)
+        return folder, user, folder.stage(source)
     except (model_artifact.ArtifactError, OSError) as exc:
-        log.error("pre-flight: the model in %s cannot serve: %s", source, gateway.one_line(exc))
+        log.error("pre-flight: the model in %s cannot serve: %s", source, first_line(exc))
         sys.exit(1)
 
 
-def stage_script(settings: Settings, source: Path, runtime: RuntimeFolder) -> Path:
+def stage_script(settings: Settings, source: Path, folder: ServerFolder) -> Path:
     """Script mode: stage the model and code folders in full; MMS's worker itself gets an empty folder."""
     try:
-        runtime.script = script_mode.stage(settings, source, runtime.root)
+        folder.script = script_mode.stage(settings, source, folder.root)
     except (script_mode.ScriptModeError, OSError) as exc:
-        log.error("script mode cannot start: %s", gateway.one_line(exc))
+        log.error("script mode cannot start: %s", first_line(exc))
         sys.exit(1)
-    runtime.model.mkdir(mode=0o555)
-    return runtime.model
+    folder.model.mkdir(mode=0o555)
+    return folder.model
 
 
-def start_script_mode(runtime: RuntimeFolder) -> None:
-    """As the server's user: install code/requirements.txt and tell the workers where the code is."""
+def activate_script_mode(folder: ServerFolder) -> None:
+    """As the server's user: install code/requirements.txt and tell the workers where the code is
+    (without script mode: make sure they are told nothing)."""
     try:
-        script_mode.activate(runtime.script, runtime.scratch)
+        script_mode.activate(folder.script, folder.scratch)
     except script_mode.ScriptModeError as exc:
-        log.error("script mode cannot start: %s", gateway.one_line(exc))
+        log.error("script mode cannot start: %s", first_line(exc))
         sys.exit(1)
 
 
@@ -261,48 +240,39 @@ def load_settings() -> Settings:
     return settings
 
 
-def open_gateway(settings: Settings, runtime: RuntimeFolder, model_dir: Path | None) -> gateway.Gateway:
-    """The serving port (bound now, while ``serve`` may still be root) and what is behind it:
-    ``model_dir``'s worker pool, or (multi-model) the registry of the models under ``models/``."""
-    if not settings.multi_model:
-        pool = workers.WorkerPool(model_dir, runtime.scratch, settings.workers, gpu_count(), settings.timeout_seconds)
-        return gateway.Gateway(settings, runtime.scratch, None, pool)
-    registry = gateway.ModelRegistry(settings.base_dir / "models", runtime.models,
-                                     mms.management_socket(runtime.scratch),
-                                     settings.timeout_seconds + 60)  # fmt: skip
-    return gateway.Gateway(settings, runtime.scratch, registry)
+def open_registry(settings: Settings, folder: ServerFolder, lifecycle: Lifecycle) -> Registry:
+    """The models' registry; a worker that cannot load stops a single-model server, and
+    unloads its model on a multi-model one (SageMaker loads it again on its next request)."""
+
+    def worker_failed(name: str, reason: str) -> None:
+        if not settings.multi_model:
+            return lifecycle.fail(f"{reason}: stopping")
+        log.error("%s: unloading model %s", reason, name)
+        with contextlib.suppress(RegistryError):
+            registry.remove(name)
+
+    registry = Registry(settings, folder.scratch, folder.models, gpu_count(), worker_failed)
+    return registry
 
 
-def start_backend(settings: Settings, runtime: RuntimeFolder, front: gateway.Gateway, lifecycle: Lifecycle) -> None:
-    """The model workers (or, multi-model, MMS's Java frontend) in process groups of their own;
-    ``serve`` adopts what they leave behind."""
-    become_subreaper()
-    if front.pool is not None:
-        lifecycle.backend = front.pool
-        front.pool.start(on_failure=lifecycle.fail)
-        return
-    command = mms.command(runtime.config, runtime.scratch, settings.vmargs)
-    lifecycle.backend = Frontend(mms.start(command, runtime.scratch, dict(os.environ)))
-
-
-def serve_until_stopped(front: gateway.Gateway, lifecycle: Lifecycle, port: int) -> None:
-    """Answer on the port until the backend stops (asked to by a signal, or by itself)."""
-    threading.Thread(target=front.serve_forever, name="gateway", daemon=True).start()
+def serve_until_stopped(lifecycle: Lifecycle, sock, port: int) -> None:
+    """Answer on the port until a signal or a failure stops the listener."""
     log.info("listening on port %d", port)
-    lifecycle.backend.wait()
-    lifecycle.finished.set()
+    lifecycle.listener.run(sockets=[sock])
 
 
-def clean_up(front: gateway.Gateway, runtime: RuntimeFolder) -> None:
-    """Close the port, stop what the workers (or MMS) left running and remove the runtime folder."""
-    front.shutdown()
+def clean_up(registry: Registry, folder: ServerFolder) -> None:
+    """Stop the workers (killed after the grace), what they left running, and remove the server's folder."""
+    registry.stop(signal.SIGTERM)
+    registry.wait(STOP_GRACE_SECONDS / 2)
+    registry.stop(signal.SIGKILL)
     stop_descendants()
-    shutil.rmtree(runtime.root, ignore_errors=True)
+    shutil.rmtree(folder.root, ignore_errors=True)
 
 
 def exit_status(lifecycle: Lifecycle) -> None:
     """A stop that was asked for is a clean exit; any other is a failure."""
-    if not lifecycle.requested:
+    if lifecycle.failed or not lifecycle.requested:
         log.error("the model server stopped without being asked to (see its log above)")
         sys.exit(1)
     log.info("model server stopped")
@@ -314,16 +284,21 @@ def main() -> None:
     settings = load_settings()
     lifecycle = Lifecycle()
     lifecycle.install()
-    runtime, user, model_dir = prepare(settings)
-    front = open_gateway(settings, runtime, model_dir)  # binds the port before privileges go
+    raise_open_files_limit()
+    folder, user, model_dir = prepare(settings)
+    sock = listener.bind(settings.port)  # before privileges go: the port may be below 1024
     drop_privileges(user)
     export_settings(settings)
-    start_script_mode(runtime)
+    activate_script_mode(folder)
     if model_dir is not None:
-        preflight(runtime.script.model_dir if runtime.script else model_dir, runtime.scratch)
-    start_backend(settings, runtime, front, lifecycle)
-    serve_until_stopped(front, lifecycle, settings.port)
-    clean_up(front, runtime)
+        preflight(folder.script.model_dir if folder.script else model_dir, folder.scratch)
+    registry = open_registry(settings, folder, lifecycle)
+    lifecycle.listener = listener.Listener(gateway.Gateway(settings, registry), settings, STOP_GRACE_SECONDS)
+    become_subreaper()
+    if model_dir is not None:  # a single-model endpoint; a multi-model one waits for POST /models
+        registry.add("model", str(settings.base_dir / "model"), model_dir)
+    serve_until_stopped(lifecycle, sock, settings.port)
+    clean_up(registry, folder)
     exit_status(lifecycle)
 
 

@@ -6,15 +6,21 @@ reader of SageMaker's serving variables (the server, its pre-flight and each MMS
 |---|---|---|
 | SAGEMAKER_BIND_TO_PORT | 8080 | port of /ping and /invocations |
 | SAGEMAKER_MODEL_SERVER_WORKERS | GPUs: one per GPU; CPU: CPUs/4 (at least 1) | model copies (MMS workers) |
-| SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS | 60 | per-request timeout |
-| SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | larger requests get 413; 1 to 1024 (async inference's 1 GB) |
+| SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS | 60 | seconds a worker may take for a batch before it is replaced (504) |
+| SAGEMAKER_MODEL_SERVER_TIMEOUT | (unset) | the same in minutes, as AWS's MMS containers read it (`_SECONDS` wins) |
+| SAGEMAKER_MAX_PAYLOAD_IN_MB | 6 | larger bodies get 413; 0 to 1024 (0: batch transform's chunked bodies, 100 MB) |
 | SAGEMAKER_MULTI_MODEL | false | multi-model endpoint (models under /opt/ml/models) |
 | SERVE_TOP_K | 5 | labels per image unless the request asks otherwise |
 | SERVE_MAX_IMAGES | 64 | images per request |
 | SERVE_MAX_PIXELS | 40000000 | pixels per image (decompression bombs get 413) |
 | SERVE_MAX_REQUEST_PIXELS | 100000000 | pixels of all images of one request together (413 above) |
-| SERVE_MAX_CONNECTIONS | 128 | open client connections; more are closed at once |
-| SERVE_MAX_INFLIGHT | 16 | requests whose bodies are held at once; more wait (503 after the timeout) |
+| SERVE_BATCH_SIZE | GPU: 32, CPU: 8 | single-image requests that share a forward pass (1: no batching) |
+| SERVE_BATCH_DELAY_MS | GPU: 5, CPU: 0 | how long a worker waits for a batch to fill (0: only what is queued) |
+| SERVE_MAX_QUEUE | 1024 | requests admitted at once (queued or being predicted); more get 503 with Retry-After |
+| SERVE_MAX_QUEUE_MB | 256 | request bodies held at once, in MB; more get 503 with Retry-After |
+| SERVE_MAX_CONNECTIONS | 4096 | open client connections; a new one beyond it gets 503 with Retry-After |
+| SERVE_HEADER_TIMEOUT | 10 | seconds a client may take to send a request's headers, or to start its next one |
+| SERVE_MEMORY_HEADROOM_MB | 256 | multi-model: a model whose load would leave less free gets 507 |
 | SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
 | SERVE_THREADS | CPUs / workers | intra-op threads of each CPU worker (old name: SERVE_TORCH_THREADS) |
 | SERVE_RUNTIME | auto | `onnx`, `torch`, or `auto`: ONNX Runtime on CPUs where installed (serve.runtimes) |
@@ -22,7 +28,6 @@ reader of SageMaker's serving variables (the server, its pre-flight and each MMS
 | SAGEMAKER_CONTAINER_LOG_LEVEL | (unset) | the SDK's `container_log_level`: a number (`20`) or a name (`INFO`) |
 | SAGEMAKER_PROGRAM | (unset) | script mode: the user's inference module in the code folder (docs/script-mode.md) |
 | SAGEMAKER_SUBMIT_DIRECTORY | /opt/ml/model/code | script mode: the code folder (a local one; else the model's code/) |
-| SAGEMAKER_MODEL_SERVER_VMARGS | -XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0 | JVM options of the MMS frontend |
 | SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT | application/json | script mode: the answer type when a request asks for none |
 | SAGEMAKER_BASE_DIR | /opt/ml | the folder with model/ (single model) or models/ (multi-model) |
 """
@@ -59,9 +64,7 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 RUNTIMES = ("auto", "onnx", "torch")  # serve.runtimes
 DEFAULT_BASE_DIR = Path("/opt/ml")
-# MMS's default, -XX:-UseContainerSupport, sizes the Java heap from the host's memory, not
-# the container's limit: the frontend can then outgrow the container and be OOM-killed.
-JVM_ARGS = "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0"
+TRANSFORM_PAYLOAD_MB = 100  # batch transform's ceiling for MaxPayloadInMB, and for it times MaxConcurrentTransforms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -79,9 +82,19 @@ def log_level() -> str:
     return "INFO"
 
 
-def multi_model() -> bool:
-    """SAGEMAKER_MULTI_MODEL: a multi-model endpoint (read on its own by a worker whose model failed)."""
-    return os.environ.get("SAGEMAKER_MULTI_MODEL", "false").lower() == "true"
+def timeout_seconds() -> int:
+    """SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS, else SAGEMAKER_MODEL_SERVER_TIMEOUT in minutes, else 60 s.
+
+    AWS's MMS-based containers (sagemaker-inference) write the first as MMS's
+    ``default_response_timeout_seconds`` and the second as ``default_response_timeout``, which
+    MMS 1.1.11 multiplies by 60 (``ConfigManager.getDefaultResponseTimeoutSeconds``): the same
+    variable means the same time here. Their default is 60 minutes; ours is SageMaker's own
+    60 s limit on a real-time invocation."""
+    if os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", "").strip():
+        return _int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60)
+    if os.environ.get("SAGEMAKER_MODEL_SERVER_TIMEOUT", "").strip():
+        return 60 * _int("SAGEMAKER_MODEL_SERVER_TIMEOUT", 1, high=24 * 60)
+    return 60
 
 
 @dataclass(frozen=True)
@@ -98,7 +111,8 @@ class Settings:
     max_pixels: int
     max_request_pixels: int
     max_connections: int
-    max_inflight: int
+    max_queue: int
+    max_queue_mb: int
     threads: int
     log_level: str
     user: str
@@ -106,8 +120,16 @@ class Settings:
     program: str = ""  # SAGEMAKER_PROGRAM: script mode when set
     submit_dir: str = ""
     base_dir: Path = DEFAULT_BASE_DIR  # SAGEMAKER_BASE_DIR
-    vmargs: str = JVM_ARGS  # SAGEMAKER_MODEL_SERVER_VMARGS
+    batch_size: int = 1
+    batch_delay_ms: int = 0
+    header_timeout: int = 10
+    memory_headroom_mb: int = 256
     default_accept: str = ""  # SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT: script mode's default answer type
+
+    @property
+    def payload_limit(self) -> int:
+        """The largest request body in bytes (SAGEMAKER_MAX_PAYLOAD_IN_MB=0: batch transform's 100 MB)."""
+        return (self.max_payload_mb or TRANSFORM_PAYLOAD_MB) * 1024 * 1024
 
     @classmethod
     def from_env(cls, gpus: int = 0) -> Settings:
@@ -117,15 +139,20 @@ class Settings:
         return cls(
             port=_int("SAGEMAKER_BIND_TO_PORT", 8080, high=65535),
             workers=workers,
-            timeout_seconds=_int("SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS", 60),
-            max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, high=1024),
-            multi_model=multi_model(),
+            timeout_seconds=timeout_seconds(),
+            max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, low=0, high=1024),
+            multi_model=os.environ.get("SAGEMAKER_MULTI_MODEL", "false").strip().lower() == "true",
             top_k=_int("SERVE_TOP_K", 5),
             max_images=_int("SERVE_MAX_IMAGES", 64),
             max_pixels=_int("SERVE_MAX_PIXELS", 40_000_000),
             max_request_pixels=_int("SERVE_MAX_REQUEST_PIXELS", 100_000_000),
-            max_connections=_int("SERVE_MAX_CONNECTIONS", 128),
-            max_inflight=_int("SERVE_MAX_INFLIGHT", 16),
+            max_connections=_int("SERVE_MAX_CONNECTIONS", 4096),
+            max_queue=_int("SERVE_MAX_QUEUE", 1024),
+            max_queue_mb=_int("SERVE_MAX_QUEUE_MB", 256),
+            batch_size=_int("SERVE_BATCH_SIZE", 32 if gpus else 8, high=1024),
+            batch_delay_ms=_int("SERVE_BATCH_DELAY_MS", 5 if gpus else 0, low=0, high=10_000),
+            header_timeout=_int("SERVE_HEADER_TIMEOUT", 10, high=3600),
+            memory_headroom_mb=_int("SERVE_MEMORY_HEADROOM_MB", 256, low=0),
             threads=_int("SERVE_THREADS", 0) or _int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
             runtime=_choice("SERVE_RUNTIME", "auto", RUNTIMES),
             log_level=log_level(),
@@ -133,6 +160,5 @@ class Settings:
             program=os.environ.get("SAGEMAKER_PROGRAM", "").strip(),
             submit_dir=os.environ.get("SAGEMAKER_SUBMIT_DIRECTORY", "").strip(),
             base_dir=Path(os.environ.get("SAGEMAKER_BASE_DIR", DEFAULT_BASE_DIR)),
-            vmargs=os.environ.get("SAGEMAKER_MODEL_SERVER_VMARGS", JVM_ARGS),
             default_accept=os.environ.get("SAGEMAKER_DEFAULT_INVOCATIONS_ACCEPT", ""),
         )

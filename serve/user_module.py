@@ -119,6 +119,7 @@ def error_status(exc: BaseException) -> tuple[int, str] | None:
     status = getattr(exc, "status_code", None)
     if not isinstance(status, int) or isinstance(status, bool) or not 400 <= status <= 599:
         return None
-    message = getattr(exc, "message", None) or getattr(exc, "phrase", None) or str(exc) or "error"
-    lines = str(message).strip().splitlines()
-    return status, (lines[0] if lines else "error")[:300]
+    from serve.codecs import first_line
+
+    message = getattr(exc, "message", None) or getattr(exc, "phrase", None) or str(exc)
+    return status, first_line(str(message)) or "error"

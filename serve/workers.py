@@ -1,45 +1,50 @@
-"""Single-model endpoints: MMS's Python workers, driven by the gateway itself.
+"""A model's worker pool: MMS's Python workers, and the queue that batches requests for them.
 
-MMS's Java frontend sits between the gateway and the workers on every request: on 2 vCPUs it
-added about 3 ms outside our handler (netty reads a body in 4 KB pieces, four thread
-hand-offs) and its threads slowed the forward pass by 1.5-2.5 ms (issue 11's notes). On a
-single-model endpoint it only relays, so the gateway starts the same worker that MMS starts
-(``mms.model_service_worker``, running ``serve.handler:handle`` in MMS's own Context) and
-speaks MMS's binary protocol to it on a Unix socket in the private scratch folder. Like MMS:
-one request at a time per worker, worker ``i`` on GPU ``i % gpus``, a worker that dies or
-overruns the timeout is killed and replaced, and ``/ping`` is healthy only while every
-worker is loaded. Multi-model endpoints keep MMS whole (``serve.mms``).
+Each worker is one ``mms.model_service_worker`` process (and the child it forks for our
+connection) with the model loaded, driven by a thread of ours over MMS's protocol
+(``serve.mms``) on a Unix socket in the server's private folder. A worker's thread takes the
+next batch from its model's ``BatchQueue``: the oldest waiting request, and (when it is one
+image, which our handler can stack) the single-image requests queued behind it, up to
+``SERVE_BATCH_SIZE``, waiting at most ``SERVE_BATCH_DELAY_MS`` for more. The whole batch goes
+to the worker in one message and through the model in one forward pass.
+
+Like MMS: worker ``i`` on GPU ``i % gpus``; a worker that dies or overruns the timeout is
+killed and replaced (its batch answered 500 or 504); ``/ping`` is healthy only while every
+worker is loaded and running. A worker that cannot load (at start or as a replacement) is
+reported once, through ``on_failure``: the server stops, or a multi-model endpoint unloads
+that model.
 """
 
 from __future__ import annotations
 
+import collections
 import contextlib
-import json
 import logging
 import os
-import queue
 import select
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from serve.mms import HANDLER, SINGLE_MODEL_NAME
+from serve import mms
+from serve.mms import HANDLER, Job, Reply
 
 log = logging.getLogger("serve.workers")
 START_SECONDS = 300  # for a worker to load its model (a large one on a GPU)
 RESTART_PAUSE = 1.0  # between a worker's death and its replacement: no busy loop on a crash
-MAX_RESPONSE_BYTES = 16 * 1024 * 1024  # as MMS's max_response_size; a user's output_fn could return more
+POLL_SECONDS = 1.0  # an idle worker's thread checks this often that its process still runs
 
 
 class WorkerError(Exception):
     """No answer from a worker, and the HTTP status that says why: 500 it failed (the reason
-    is logged, not told), 503 none was free, 504 it overran the timeout."""
+    is logged, not told), 503 none was free in time or the server is stopping, 504 it overran
+    the timeout."""
 
     def __init__(self, reason: str, status: int = 500):
         super().__init__(reason)
@@ -47,124 +52,127 @@ class WorkerError(Exception):
 
 
 @dataclass
-class Reply:
-    """One request's answer from a worker, as MMS would relay it."""
+class Pending:
+    """A request waiting for its model: ``answer`` is called once, from a worker's thread,
+    with its Reply or a WorkerError."""
 
-    status: int
-    phrase: str
-    content_type: str
-    body: bytes
-
-
-def _field(data: bytes | str) -> bytes:
-    raw = data.encode() if isinstance(data, str) else data
-    return struct.pack("!i", len(raw)) + raw
+    job: Job
+    answer: Callable[[Reply | WorkerError], None]
+    deadline: float  # time.monotonic() after which it is answered 503 instead of predicted
+    batchable: bool = False  # one image: it may share a forward pass with others
+    queued: float = field(default_factory=time.monotonic)
 
 
-def load_message(model_dir: Path, gpu: int, io_name: str) -> bytes:
-    """MMS's load command: model name and folder, batch size 1, handler, GPU (-1: none), log fifos."""
-    return b"L" + _field(SINGLE_MODEL_NAME) + _field(str(model_dir)) + struct.pack("!i", 1) + _field(HANDLER) + \
-        struct.pack("!i", gpu) + _field(io_name)  # fmt: skip
+class BatchQueue:
+    """A model's waiting requests, handed to its workers in batches."""
+
+    def __init__(self, batch_size: int, delay_seconds: float):
+        self.batch_size, self.delay = batch_size, delay_seconds
+        self.items: collections.deque[Pending] = collections.deque()
+        self.ready = threading.Condition()
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def put(self, pending: Pending, front: bool = False) -> None:
+        with self.ready:
+            if self.closed:
+                pending.answer(WorkerError("the server is stopping", 503))
+                return
+            self.items.appendleft(pending) if front else self.items.append(pending)
+            self.ready.notify()
+
+    def take(self, timeout: float) -> list[Pending]:
+        """The next batch (empty after ``timeout`` with nothing waiting, or once closed)."""
+        with self.ready:
+            if not self.items and not self.closed:
+                self.ready.wait(timeout)
+            if not self.items or self.closed:
+                return []
+            batch = [self.items.popleft()]
+            if not batch[0].batchable:
+                return batch
+            until = time.monotonic() + self.delay
+            while len(batch) < self.batch_size and not self.closed:
+                if self.items:
+                    if not self.items[0].batchable:
+                        break
+                    batch.append(self.items.popleft())
+                elif (left := until - time.monotonic()) <= 0 or not self.ready.wait(left):
+                    break
+            return batch
+
+    def close(self) -> None:
+        """Answer everything still waiting with 503 and hand out nothing more."""
+        with self.ready:
+            self.closed, waiting = True, list(self.items)
+            self.items.clear()
+            self.ready.notify_all()
+        for pending in waiting:
+            pending.answer(WorkerError("the server is stopping", 503))
 
 
-def predict_message(headers: dict[str, str], body: bytes, content_type: str) -> bytes:
-    """MMS's inference command for one request: its headers, and the body as input "body"."""
-    parts = [b"I", _field("0")]
-    parts += [_field(name) + _field(value) for name, value in headers.items()]
-    parts += [struct.pack("!i", -1), _field("body"), _field(content_type), _field(body), struct.pack("!ii", -1, -1)]
-    return b"".join(parts)
+@dataclass(frozen=True)
+class ModelFiles:
+    """What a worker loads: the model's name and staged folder."""
 
-
-class _Reader:
-    """Reads MMS's length-prefixed answer from a buffered socket file."""
-
-    def __init__(self, stream):
-        self.stream = stream
-
-    def exact(self, n: int) -> bytes:
-        data = self.stream.read(n)
-        if data is None or len(data) < n:
-            raise WorkerError("the worker closed its connection")
-        return data
-
-    def int(self) -> int:
-        return struct.unpack("!i", self.exact(4))[0]
-
-    def text(self) -> str:
-        n = self.int()
-        return self.exact(n).decode("utf-8", "replace") if n > 0 else ""
-
-
-def read_reply(reader: _Reader) -> Reply:
-    """An inference answer (one request): the batch's code and message, then the request's own.
-    A batch that failed (the handler raised, or returned no list) carries MMS's message, as
-    MMS's frontend answered it, not each request's placeholder body "error"."""
-    code, message = reader.int(), reader.text()
-    replies = []
-    while (length := reader.int()) != -1:
-        reader.exact(length)  # request id
-        content_type, status, phrase = reader.text(), reader.int(), reader.text()
-        for _ in range(reader.int()):  # response headers: ours set none
-            reader.text(), reader.text()
-        size = reader.int()
-        if size > MAX_RESPONSE_BYTES:
-            raise WorkerError(f"the worker's answer of {size} bytes is over {MAX_RESPONSE_BYTES}")
-        replies.append(Reply(status, phrase, content_type, reader.exact(size)))
-    if code != 200:
-        return Reply(code, message, "application/json", json.dumps({"message": message}).encode())
-    if not replies:
-        raise WorkerError(f"the worker answered {code} without a response: {message}")
-    return replies[0]
+    name: str
+    folder: Path
 
 
 class Worker:
     """One ``mms.model_service_worker`` (a listener and the child it forks for our connection,
-    in a process group of their own) with the model loaded."""
+    in a process group of their own) and the thread that feeds it batches."""
 
-    def __init__(self, index: int, model_dir: Path, scratch: Path, gpu: int, timeout: float):
-        self.index, self.model_dir, self.scratch, self.gpu, self.timeout = index, model_dir, scratch, gpu, timeout
+    def __init__(self, index: int, model: ModelFiles, scratch: Path, gpu: int, timeout: float, batch_size: int):
+        self.index, self.model, self.scratch, self.gpu = index, model, scratch, gpu
+        self.timeout, self.batch_size = timeout, batch_size
         self.generation, self.process, self.sock, self.reader, self.ready = 0, None, None, None, False
         self.child: int | None = None  # the process the listener forked for our connection
         self.killed = threading.Event()  # this generation's: its log is not relayed after it
-        self.lock = threading.Lock()  # one replacement per generation
+
+    @property
+    def label(self) -> str:
+        return f"worker {self.index}" if self.model.name == "model" else f"model {self.model.name} worker {self.index}"
 
     def start(self) -> None:
         """Start the process, connect, load the model; raises WorkerError if it fails."""
         self.generation += 1
         self.killed, self.child = threading.Event(), None
-        path = self.scratch / f"worker-{self.index}.sock"
+        path = self.scratch / f"{self.io_name}.sock"
         command = [sys.executable, "-P", "-m", "mms.model_service_worker", "--sock-type", "unix",
-                   "--sock-name", str(path), "--handler", HANDLER, "--model-path", str(self.model_dir),
-                   "--model-name", SINGLE_MODEL_NAME, "--preload-model", "false",
+                   "--sock-name", str(path), "--handler", HANDLER, "--model-path", str(self.model.folder),
+                   "--model-name", self.model.name, "--preload-model", "false",
                    "--tmp-dir", str(self.scratch)]  # fmt: skip
-        # as serve.mms.start gave MMS's frontend, whose workers inherited it; -P: the scratch
-        # folder (the working directory) is not on the import path
+        # -P: the scratch folder (the working directory) is not on the import path
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MMS_")}
         env |= {"TEMP": str(self.scratch), "TMPDIR": str(self.scratch), "HOME": str(self.scratch)}
-        env["MMS_DECODE_INPUT_REQUEST"] = "false"  # the handler reads the raw body, as from MMS
+        env["MMS_DECODE_INPUT_REQUEST"] = "false"  # the handler reads the raw body
         self.process = subprocess.Popen(command, env=env, cwd=self.scratch, process_group=0)
         self.sock = self._connect(path)
-        self.sock.sendall(load_message(self.model_dir, self.gpu, self.io_name))
+        message = mms.load_message(self.model.name, str(self.model.folder), self.gpu, self.io_name, self.batch_size)
+        self.sock.sendall(message)
         self.sock.settimeout(START_SECONDS)
-        reader = _Reader(self.sock.makefile("rb"))
+        reader = mms.Reader(self.sock.makefile("rb"))
         try:
-            code, message = reader.int(), reader.text()
-            reader.int()  # end of the (empty) list of predictions
-        except (OSError, WorkerError) as exc:
-            raise WorkerError(f"worker {self.index} died while loading the model ({exc})") from None
+            code, text = mms.read_load_answer(reader)
+        except (OSError, mms.ProtocolError) as exc:
+            raise WorkerError(f"{self.label} died while loading the model ({exc})") from None
         if code != 200:
-            raise WorkerError(f"worker {self.index} could not load the model: {code} {message}")
+            raise WorkerError(f"{self.label} could not load the model: {code} {text}")
+        with contextlib.suppress(OSError):
+            path.unlink()  # connected: nobody else may connect to it
         self.child = _forked_child(self.process.pid)
         for fifo in self.fifos():  # the worker writes its log to these; they must be read
-            relay = threading.Thread(target=_relay_log, args=(fifo, self.killed), daemon=True)
-            relay.start()
+            threading.Thread(target=_relay_log, args=(fifo, self.killed), daemon=True).start()
         self.sock.settimeout(self.timeout)
         self.reader = reader
 
     @property
     def io_name(self) -> str:
-        """This generation's name for its log fifos (``fifos``)."""
-        return f"worker-{self.index}-{self.generation}"
+        """This generation's name for its socket and log fifos (``fifos``)."""
+        return f"worker-{self.model.name}-{self.index}-{self.generation}"
 
     def fifos(self) -> list[Path]:
         """The log fifos MMS's worker makes from ``io_name``: its stdout and its stderr."""
@@ -174,7 +182,7 @@ class Worker:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise WorkerError(f"worker {self.index} exited with {self.process.returncode} before it listened")
+                raise WorkerError(f"{self.label} exited with {self.process.returncode} before it listened")
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.connect(str(path))
@@ -182,24 +190,24 @@ class Worker:
             except OSError:
                 sock.close()
                 time.sleep(0.05)
-        raise WorkerError(f"worker {self.index} did not listen within 60 s")
+        raise WorkerError(f"{self.label} did not listen within 60 s")
 
-    def predict(self, headers: dict[str, str], body: bytes, content_type: str) -> Reply:
-        """One request, answered within the timeout; WorkerError if the worker failed."""
+    def predict(self, jobs: list[Job]) -> list[Reply]:
+        """One batch, answered within the timeout; WorkerError if the worker failed."""
         try:
-            self.sock.sendall(predict_message(headers, body, content_type))
-            return read_reply(self.reader)
+            self.sock.sendall(mms.predict_message(jobs))
+            return mms.read_replies(self.reader, len(jobs))
         except TimeoutError:
             reason = f"the model took longer than {self.timeout:.0f} s (SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS)"
             raise WorkerError(reason, 504) from None
-        except WorkerError:
-            raise
+        except mms.ProtocolError as exc:
+            raise WorkerError(str(exc)) from None
         except Exception as exc:  # a broken connection, or an answer that is not MMS's protocol
             raise WorkerError(f"the worker's connection failed ({type(exc).__name__})") from None
 
     def alive(self) -> bool:
         """Both processes running: the listener, and the forked one whose end closes our connection."""
-        if self.process is None or self.process.poll() is not None:
+        if self.process is None or self.process.poll() is not None or self.sock is None:
             return False
         try:
             readable = select.select([self.sock], [], [], 0)[0]
@@ -208,8 +216,7 @@ class Worker:
             return False
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
-        """Signal the worker's processes; the forked one also sees its connection end, and exits
-        (its "Frontend disconnected" traceback is not relayed)."""
+        """Signal the worker's processes; the forked one also sees its connection end and exits."""
         self.killed.set()
         if self.sock is not None:
             with contextlib.suppress(OSError):
@@ -255,102 +262,100 @@ def _relay_log(fifo: Path, killed: threading.Event) -> None:
 
 
 class WorkerPool:
-    """``count`` workers; a request takes an idle one (waiting up to the timeout) and returns it."""
+    """A model's ``count`` workers and its queue."""
 
-    def __init__(self, model_dir: Path, scratch: Path, count: int, gpus: int, timeout: float):
-        self.timeout = timeout
-        self.workers = [Worker(i, model_dir, scratch, i % gpus if gpus else -1, timeout) for i in range(count)]
-        self.idle: queue.Queue[tuple[Worker, int]] = queue.Queue()  # (worker, its generation when it was put)
+    def __init__(self, model: ModelFiles, scratch: Path, gpus: list[int], timeout: float, batch_size: int,
+                 delay_seconds: float):  # fmt: skip
+        self.model, self.timeout = model, timeout
+        self.queue = BatchQueue(batch_size, delay_seconds)
+        self.workers = [Worker(i, model, scratch, gpu, timeout, batch_size) for i, gpu in enumerate(gpus)]
         self.stopped = threading.Event()
+        self.threads: list[threading.Thread] = []
 
-    def start(self, on_failure) -> None:
-        """Start every worker in the background; ``on_failure(reason)`` if one cannot load, at
-        start or when it replaces one that died (the server then stops: its log says why)."""
-        self.on_failure = on_failure
+    def start(self, on_failure: Callable[[str], None]) -> None:
+        """Start every worker in the background; ``on_failure(reason)`` once if one cannot
+        load, at start or as the replacement of one that died."""
+        self.on_failure, self.failed = on_failure, threading.Event()
         for worker in self.workers:
-            threading.Thread(target=self._start, args=(worker,), daemon=True).start()
+            thread = threading.Thread(target=self._run, args=(worker,), name=worker.label, daemon=True)
+            thread.start()
+            self.threads.append(thread)
 
-    def _start(self, worker: Worker) -> None:
-        try:
-            worker.start()
-        except Exception as exc:  # WorkerError, or the OS refusing a process, a socket, a write
-            worker.kill()
-            if not self.stopped.is_set():
-                self.on_failure(str(exc) if isinstance(exc, WorkerError) else f"worker {worker.index}: {exc!r}")
-            return
-        if self.stopped.is_set():
-            worker.kill()
-            return
-        worker.ready = True
-        self.idle.put((worker, worker.generation))
-        log.info("worker %d ready (pid %d)", worker.index, worker.process.pid)
+    def submit(self, pending: Pending) -> None:
+        """Queue a request; its ``answer`` is called from a worker's thread."""
+        self.queue.put(pending)
 
-    def predict(self, headers: dict[str, str], body: bytes, content_type: str) -> Reply:
-        """The answer of the next idle worker; WorkerError when none answered."""
-        worker, generation = self._take()
-        try:
-            reply = worker.predict(headers, body, content_type)
-        except WorkerError as exc:
-            if self.stopped.is_set():
-                raise WorkerError("the server is stopping", 503) from None
-            self._replace(worker, generation, str(exc))
-            raise
-        except BaseException:  # never lose a worker: it may be mid-answer
-            self._replace(worker, generation, "a request was interrupted")
-            raise
-        self.idle.put((worker, generation))
-        return reply
-
-    def _take(self) -> tuple[Worker, int]:
-        """An idle worker that is still running: one that died while idle is replaced, not used."""
-        deadline = time.monotonic() + self.timeout
-        while (left := deadline - time.monotonic()) > 0 and not self.stopped.is_set():
+    def _run(self, worker: Worker) -> None:
+        """A worker's life: load, serve batches until its process fails, replace it; until stopped."""
+        while not self.stopped.is_set():
             try:
-                worker, generation = self.idle.get(timeout=left)
-            except queue.Empty:
+                worker.start()
+            except Exception as exc:  # WorkerError, or the OS refusing a process, a socket, a write
+                worker.kill()
+                self._fail(str(exc) if isinstance(exc, WorkerError) else f"{worker.label}: {exc!r}")
+                return
+            if self.stopped.is_set():
                 break
-            if generation != worker.generation or not worker.ready:
-                continue  # its replacement puts itself in the queue
-            if worker.alive():
-                return worker, generation
-            self._replace(worker, generation, "its process ended")
-        raise WorkerError("the server is busy; try again", 503)
-
-    def _replace(self, worker: Worker, generation: int, reason: str) -> None:
-        with worker.lock:
-            if generation != worker.generation or not worker.ready or self.stopped.is_set():
-                return  # replaced already, or the server is stopping
+            worker.ready = True
+            log.info("%s ready (pid %d)", worker.label, worker.process.pid)
+            reason = self._serve(worker)
             worker.ready = False
+            worker.kill()
+            worker.process.wait()
+            worker.clean_up()
+            if self.stopped.is_set():
+                return
+            log.warning("%s stopped (%s): starting a new one", worker.label, reason)
+            time.sleep(RESTART_PAUSE)
         worker.kill()
-        log.warning("worker %d stopped (%s): starting a new one", worker.index, reason)
-        threading.Thread(target=self._restart, args=(worker,), daemon=True).start()
 
-    def _restart(self, worker: Worker) -> None:
-        worker.process.wait()
-        worker.clean_up()
-        time.sleep(RESTART_PAUSE)
-        if not self.stopped.is_set():
-            self._start(worker)
+    def _serve(self, worker: Worker) -> str:
+        """Batches through ``worker`` until it fails or the pool stops; returns why it ended."""
+        while not self.stopped.is_set():
+            batch = self.queue.take(POLL_SECONDS)
+            now = time.monotonic()
+            for late in [p for p in batch if p.deadline <= now]:
+                late.answer(WorkerError("the server is busy; try again", 503))
+            batch = [p for p in batch if p.deadline > now]
+            if not worker.alive():
+                for pending in reversed(batch):  # they wait for the replacement
+                    self.queue.put(pending, front=True)
+                return "its process ended"
+            if not batch:
+                continue
+            try:
+                replies = worker.predict([p.job for p in batch])
+            except WorkerError as exc:
+                failure = WorkerError("the server is stopping", 503) if self.stopped.is_set() else exc
+                for pending in batch:
+                    pending.answer(failure)
+                return str(exc)
+            for pending, reply in zip(batch, replies, strict=True):
+                pending.answer(reply)
+        return "the server is stopping"
+
+    def _fail(self, reason: str) -> None:
+        if not self.stopped.is_set() and not self.failed.is_set():
+            self.failed.set()
+            self.on_failure(reason)
 
     def healthy(self) -> bool:
-        """Every worker loaded and running; a worker found dead is replaced."""
-        for worker in self.workers:
-            generation = worker.generation
-            if worker.ready and not worker.alive():
-                self._replace(worker, generation, "its process ended")
-        return all(worker.ready for worker in self.workers)
+        """Every worker loaded and running."""
+        return all(worker.ready and worker.alive() for worker in self.workers)
 
-    def signal(self, signum: int) -> None:
-        """Stop (SIGTERM) or kill every worker; ``wait`` returns. Requests in flight are
-        answered 500, and no new one is taken."""
+    def stop(self, signum: int = signal.SIGTERM) -> None:
+        """Stop (SIGTERM) or kill every worker; requests still queued are answered 503."""
         self.stopped.set()
+        self.queue.close()
         for worker in self.workers:
             worker.ready = False
             worker.kill(signum)
 
-    def wait(self) -> None:
-        """Until ``signal`` was called and every worker has exited."""
-        self.stopped.wait()
+    def wait(self, timeout: float | None = None) -> None:
+        """Until every worker has exited (after ``stop``)."""
         for worker in self.workers:
             if worker.process is not None:
-                worker.process.wait()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.process.wait(timeout)
+        for thread in self.threads:
+            thread.join(timeout)
