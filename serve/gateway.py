@@ -30,7 +30,7 @@ import json
 import logging
 import re
 import time
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlsplit
 
 from serve import codecs, logs, workers
 from serve.codecs import first_line
@@ -189,7 +189,7 @@ class Gateway:
 
     async def answer(self, exchange: Exchange) -> None:
         check_framing(exchange)
-        parts = exchange.path.split("/")[1:]
+        parts = route_path(exchange.path).split("/")[1:]
         if parts == ["ping"]:
             allow(exchange, "GET", "HEAD")
             return await self.ping(exchange)
@@ -340,6 +340,16 @@ def check_framing(exchange: Exchange) -> None:
     size = sum(len(k) + len(v) for k, v in exchange.raw)
     if size > MAX_HEADER_BYTES:
         raise Refused(431, f"request headers over {MAX_HEADER_BYTES} bytes", close=True)
+
+
+def route_path(target: str) -> str:
+    """The path to route: the target's, or an absolute-form target's (``http://host/path``)."""
+    if target.startswith("/"):
+        return target
+    try:
+        return urlsplit(target).path or "/"
+    except ValueError:  # "http://[/" and the like
+        raise Refused(400, "the request target is not a valid path") from None
 
 
 def allow(exchange: Exchange, *methods: str) -> None:

@@ -20,13 +20,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import socket
 
 import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from serve import codecs
+from serve import codecs, logs
+from serve.gateway import escaped
 from serve.settings import Settings
 
 log = logging.getLogger("serve.listener")
@@ -48,9 +50,23 @@ class GatewayProtocol(H11Protocol):
 
     settings: Settings  # set by ``protocol_for``
 
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.parse_error = ""  # h11's reason for the last request it could not parse
+        next_event = self.conn.next_event
+
+        def remembering_next_event():
+            try:
+                return next_event()
+            except h11.RemoteProtocolError as exc:
+                self.parse_error = str(exc)
+                raise
+
+        self.conn.next_event = remembering_next_event
+
     def connection_made(self, transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self.head_timer: asyncio.TimerHandle | None = None
         if len(self.connections) > self.settings.max_connections:
             log.warning("%d open connections: a new one gets 503 (SERVE_MAX_CONNECTIONS)", len(self.connections) - 1)
             transport.write(_error(503, "too many connections; try again", retry_after=True))
@@ -74,11 +90,14 @@ class GatewayProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def send_400_response(self, msg: str) -> None:
-        """A request h11 cannot parse: our JSON answer, then the connection closes."""
-        log.info("malformed request from %s refused with 400", (self.client or ("-",))[0])
+        """A request h11 cannot parse: our JSON answer, then the connection closes; the access
+        line shows the offending line (as Python writes bytes: escapes stay escaped), or h11's reason."""
         with contextlib.suppress(RuntimeError):
             self.transport.write(_error(400, "the request is not valid HTTP/1.1"))
         self.transport.close()
+        quoted = re.search(r"bytearray\(b(['\"])(.*)\1\)", self.parse_error)
+        line = quoted.group(2) if quoted else self.parse_error or msg
+        logs.access_log.info('%s "%s" 400 0', (self.client or ("-",))[0], escaped(line))
 
     def _arm_head_timer(self) -> None:
         self._disarm_head_timer()

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import itertools
 import logging
 import os
 import select
@@ -39,6 +40,7 @@ log = logging.getLogger("serve.workers")
 START_SECONDS = 300  # for a worker to load its model (a large one on a GPU)
 RESTART_PAUSE = 1.0  # between a worker's death and its replacement: no busy loop on a crash
 POLL_SECONDS = 1.0  # an idle worker's thread checks this often that its process still runs
+_SERIALS = itertools.count(1)  # names a worker's files: unique and short (a socket's path has 107 bytes at most)
 
 
 class WorkerError(Exception):
@@ -131,6 +133,7 @@ class Worker:
         self.generation, self.process, self.sock, self.reader, self.ready = 0, None, None, None, False
         self.child: int | None = None  # the process the listener forked for our connection
         self.killed = threading.Event()  # this generation's: its log is not relayed after it
+        self.serial = next(_SERIALS)
 
     @property
     def label(self) -> str:
@@ -172,7 +175,7 @@ class Worker:
     @property
     def io_name(self) -> str:
         """This generation's name for its socket and log fifos (``fifos``)."""
-        return f"worker-{self.model.name}-{self.index}-{self.generation}"
+        return f"worker-{self.serial}-{self.generation}"
 
     def fifos(self) -> list[Path]:
         """The log fifos MMS's worker makes from ``io_name``: its stdout and its stderr."""

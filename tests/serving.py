@@ -1,5 +1,5 @@
-"""Start the real ``serve`` executable (MMS) on the host and talk HTTP to it; the handler's
-service in-process with MMS's own Context objects."""
+"""Start the real ``serve`` executable on the host and talk HTTP to it; the gateway's ASGI
+application and the handler's service in-process (the latter with MMS's own Context objects)."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from pathlib import Path
 from bench.serve_process import SERVE_BIN, Server, free_port, predict, request
 
 __all__ = [
-    "RUNTIMES", "SERVE_BIN", "Recorder", "Server", "classifier_service", "free_port", "mms_context", "mms_processes",
-    "png_bytes", "predict", "request", "service_fixture",
+    "RUNTIMES", "SERVE_BIN", "Recorder", "Server", "call_app", "classifier_service", "free_port", "mms_context",
+    "mms_processes", "png_bytes", "predict", "request", "service_fixture",
 ]  # fmt: skip
 
 RUNTIMES = ("onnx", "torch")  # SERVE_RUNTIME values that the host's .venv runs both of
@@ -43,6 +43,27 @@ def service_fixture(*runtimes: str):
         return classifier_service(small_model, request.param)
 
     return service
+
+
+def call_app(app, method: str, path: str, body: bytes = b"", headers=()) -> tuple[int, bytes]:
+    """(status, body) of one request to an ASGI application, in this process."""
+    import asyncio
+
+    raw = [(k.lower().encode(), v.encode()) for k, v in headers]
+    if body:
+        raw.append((b"content-length", str(len(body)).encode()))
+    scope = {"type": "http", "method": method, "path": path, "raw_path": path.encode(), "query_string": b"",
+             "headers": raw, "client": ("127.0.0.1", 1), "http_version": "1.1"}  # fmt: skip
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    asyncio.run(app(scope, receive, send))
+    return sent[0]["status"], b"".join(m.get("body", b"") for m in sent[1:])
 
 
 def mms_context(model_dir, headers: list[dict]):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import shutil
 import signal
 import socket
@@ -30,7 +31,7 @@ def recorder():
 def single(small_model, tmp_path_factory):
     base = tmp_path_factory.mktemp("gateway")
     shutil.copytree(small_model, base / "model")
-    server = Server(base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", SERVE_MAX_CONNECTIONS="4")
+    server = Server(base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", SERVE_MAX_CONNECTIONS="4", SERVE_HEADER_TIMEOUT="2")
     try:
         server.wait_healthy()
         yield server
@@ -75,41 +76,161 @@ def read_all(sock: socket.socket) -> bytes:
     return data
 
 
+def answers(raw: bytes) -> list[tuple[int, bytes]]:
+    """(status, body) of each HTTP answer in ``raw``."""
+    found, rest = [], raw
+    while rest.startswith(b"HTTP/1.1 "):
+        head, _, rest = rest.partition(b"\r\n\r\n")
+        length = int(re.search(rb"(?i)content-length: (\d+)", head).group(1))
+        found.append((int(head[9:12]), rest[:length]))
+        rest = rest[length:]
+    return found
+
+
+def exchange(port: int, raw: bytes) -> list[tuple[int, bytes]]:
+    """Send ``raw`` on one connection and read every answer until the server closes it (the
+    last request must ask it to, or be one it closes after)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(raw)
+        return answers(read_all(sock))
+
+
 def test_request_bounds(single):
     status, answer = request(single.port, "/invocations", b"x" * 2_000_000, **{"Content-Type": PNG})
     assert status == 413 and "limit" in answer["error"]
     status, answer = request(single.port, "/invocations", png_bytes(), **{"Content-Type": PNG, "X-Big": "a" * 20000})
     assert status == 431
-    with socket.create_connection(("127.0.0.1", single.port)) as sock:
-        sock.sendall(
-            b"POST /invocations HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
-        )
-        assert sock.recv(200).startswith(b"HTTP/1.1 411")
     status, answer = request(single.port, "/invocations", b"", **{"Content-Type": PNG, "Content-Length": "9" * 5000})
-    assert status == 400 and "Content-Length" in answer["error"]
+    assert status == 400
     with socket.create_connection(("127.0.0.1", single.port)) as sock:  # a refused request's body is not a request
-        body = b"GET /models HTTP/1.1\r\n\r\n"
-        sock.sendall(b"POST /predictions/model HTTP/1.1\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
-        reply = read_all(sock)
-        assert reply.startswith(b"HTTP/1.1 404") and reply.count(b"HTTP/1.1") == 1
+        body = b"GET /models HTTP/1.1\r\nHost: x\r\n\r\n"
+        sock.sendall(b"POST /predictions/model HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+        replies = answers(read_all(sock))
+        assert [status for status, _ in replies] == [404]
     with socket.create_connection(("127.0.0.1", single.port)) as sock:
         sock.sendall(b"NOT A REQUEST\r\n\r\n")
         reply = read_all(sock)
         assert reply.startswith(b"HTTP/1.1 400") and b'"error"' in reply and b"<html" not in reply.lower()
 
 
-def test_connections_over_the_cap_are_closed_and_the_server_lives(single):
+SMUGGLED = b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [b"Content-Length: 5\r\nContent-Length: 6", b"Content-Length: 5\r\nTransfer-Encoding: chunked",
+     b"Transfer-Encoding: chunked\r\nContent-Length: 5", b"Content-Length: 5, 6"],
+)  # fmt: skip
+def test_ambiguous_framing_is_a_400_and_nothing_behind_it_is_answered(single, framing):
+    raw = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n" + framing + b"\r\n\r\n"
+    replies = exchange(single.port, raw + b"0\r\n\r\n" + SMUGGLED)
+    assert [status for status, _ in replies] == [400], replies  # RFC 9112 6.3: answered, then closed
+    assert b"Healthy" not in b"".join(body for _, body in replies)
+
+
+def chunked(data: bytes, size: int = 100) -> bytes:
+    pieces = [data[i : i + size] for i in range(0, len(data), size)]
+    return b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+
+
+def test_a_chunked_body_is_accepted_within_the_payload_limit(single):
+    head = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nTransfer-Encoding: chunked\r\n"
+    last = head + b"Connection: close\r\n\r\n" + chunked(png_bytes())
+    (status, body), (again, _) = exchange(single.port, head + b"\r\n" + chunked(png_bytes()) + last)
+    assert status == again == 200 and json.loads(body)["predictions"]
+    (status, body), *_ = exchange(single.port, head + b"\r\n" + chunked(b"x" * 1_100_000, 65536))
+    assert status == 413 and "SAGEMAKER_MAX_PAYLOAD_IN_MB" in json.loads(body)["error"]
+
+
+def test_pipelined_requests_are_answered_in_order(single):
+    post = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: %d\r\n\r\n"
+    bad = b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 3\r\n\r\na,b"
+    last = b"GET /execution-parameters HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    image = png_bytes()
+    replies = exchange(single.port, (post % len(image)) + image + SMUGGLED + bad + last)
+    assert [status for status, _ in replies] == [200, 200, 415, 200]
+    assert b"predictions" in replies[0][1] and b"Healthy" in replies[1][1] and b"MaxPayloadInMB" in replies[3][1]
+
+
+def test_expect_100_continue_gets_a_100_before_the_body_and_a_refusal_gets_none(single):
+    image = png_bytes()
+    with socket.create_connection(("127.0.0.1", single.port)) as sock:
+        sock.settimeout(10)
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: %d\r\n\r\n" % len(image))  # fmt: skip
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 ")
+        sock.sendall(image)
+        assert sock.recv(100).startswith(b"HTTP/1.1 200 ")
+    with socket.create_connection(("127.0.0.1", single.port)) as sock:  # over the limit: no 100, no body sent
+        sock.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                     b"Expect: 100-continue\r\nContent-Length: 2000000\r\n\r\n")  # fmt: skip
+        reply = read_all(sock)
+        assert reply.startswith(b"HTTP/1.1 413 ") and b"100 Continue" not in reply
+
+
+def test_slow_clients_hold_no_worker_and_a_trickled_head_is_cut_off(single):
+    image = png_bytes()
+    trickler = socket.create_connection(("127.0.0.1", single.port))
+    slow_body = socket.create_connection(("127.0.0.1", single.port))
+    try:
+        slow_body.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                          b"Content-Length: %d\r\n\r\n%s" % (len(image), image[:10]))  # fmt: skip
+        started = time.monotonic()
+        trickler.sendall(b"POST /invocations HTTP/1.1\r\n")
+        for _ in range(3):  # one header byte at a time: SERVE_HEADER_TIMEOUT=2 s cuts it off
+            trickler.sendall(b"X")
+            time.sleep(0.5)
+        assert predict(single.port, image, PNG)[0] == 200  # the only worker is free for others
+        reply = read_all(trickler)
+        assert reply.startswith(b"HTTP/1.1 408 ") and 1.5 < time.monotonic() - started < 8
+        slow_body.sendall(image[10:])  # the slow body still gets its answer
+        assert read_until_answer(slow_body).startswith(b"HTTP/1.1 200 ")
+    finally:
+        trickler.close()
+        slow_body.close()
+
+
+def read_until_answer(sock: socket.socket) -> bytes:
+    sock.settimeout(30)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += sock.recv(4096)
+    return data
+
+
+def test_connections_over_the_cap_get_a_503_with_retry_after_and_the_server_lives(single):
     held = [socket.create_connection(("127.0.0.1", single.port)) for _ in range(4)]
     try:
         time.sleep(0.5)
         with socket.create_connection(("127.0.0.1", single.port)) as extra:
-            extra.settimeout(5)
-            assert extra.recv(10) == b""  # closed at once, not queued
+            reply = read_all(extra)
+            assert reply.startswith(b"HTTP/1.1 503 ") and b"Retry-After: 1" in reply and b'"error"' in reply
     finally:
         for sock in held:
             sock.close()
     time.sleep(0.5)
     assert predict(single.port, png_bytes(), PNG)[0] == 200
+
+
+def test_a_full_queue_answers_503_with_retry_after(small_model, tmp_path):
+    shutil.copytree(small_model, tmp_path / "model")
+    server = Server(tmp_path, SERVE_MAX_QUEUE="1")
+    image = png_bytes()
+    try:
+        server.wait_healthy()
+        with socket.create_connection(("127.0.0.1", server.port)) as waiting:  # admitted, its body still coming
+            waiting.sendall(b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+                            b"Content-Length: %d\r\n\r\n" % len(image))  # fmt: skip
+            time.sleep(0.5)
+            status, answer = predict(server.port, image, PNG)
+            assert status == 503 and "busy" in answer["error"]
+            raw = exchange(server.port, b"POST /invocations HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n")
+            assert raw[0][0] == 503
+            waiting.sendall(image)
+            assert read_until_answer(waiting).startswith(b"HTTP/1.1 200 ")
+        assert predict(server.port, image, PNG)[0] == 200
+    finally:
+        server.stop()
 
 
 @pytest.mark.parametrize(
@@ -191,3 +312,35 @@ def test_multi_model_registration_takes_only_local_folders_under_the_root(multi,
     assert request(server.port, "/models/good", method="DELETE")[0] == 200
     status, answer = request(server.port, "/models/good/invoke", png_bytes(), **{"Content-Type": PNG})
     assert status == 404 and "\n" not in answer["error"]
+
+
+def test_multi_model_listing_is_paginated_and_describes_workers(multi):
+    server, base = multi
+    for name in ("a", "b", "c"):
+        shutil.copytree(base / "models" / "good" / "model", base / "models" / name / "model")
+        assert register(server.port, model_name=name, url=str(base / "models" / name / "model"))[0] == 200
+    first = request(server.port, "/models?limit=2", method="GET")[1]
+    assert [m["modelName"] for m in first["models"]] == ["a", "b"] and first["nextPageToken"]
+    rest = request(server.port, f"/models?limit=2&next_page_token={first['nextPageToken']}", method="GET")[1]
+    assert [m["modelName"] for m in rest["models"]] == ["c"] and "nextPageToken" not in rest
+    assert request(server.port, "/models?limit=0", method="GET")[0] == 400
+    described = request(server.port, "/models/b", method="GET")[1]
+    assert described["modelName"] == "b" and described["workers"][0]["status"] == "READY"
+    assert described["batchSize"] >= 1
+    assert request(server.port, "/models/nothere", method="GET")[0] == 404
+    assert request(server.port, "/models/nothere", method="DELETE")[0] == 404
+
+
+def test_a_model_that_would_not_fit_in_memory_is_a_507_and_nothing_is_loaded(small_model, tmp_path):
+    shutil.copytree(small_model, tmp_path / "models" / "big" / "model")
+    server = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true", SERVE_MEMORY_HEADROOM_MB=str(1 << 30))
+    try:
+        server.wait_healthy()
+        status, answer = register(server.port, model_name="big", url=str(tmp_path / "models" / "big" / "model"))
+        assert status == 507 and "SERVE_MEMORY_HEADROOM_MB" in answer["error"] and "\n" not in answer["error"]
+        assert request(server.port, "/models", method="GET") == (200, {"models": []})
+        assert "model_service_worker" not in " ".join(
+            " ".join(p.cmdline()) for p in psutil.Process(server.process.pid).children(recursive=True)
+        )
+    finally:
+        assert server.stop() < 30

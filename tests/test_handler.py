@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import signal
 
 import numpy as np
 import pytest
@@ -99,21 +97,10 @@ def test_same_pixels_and_probabilities_as_training_evaluation(service, model_dir
         assert got[name] == pytest.approx(expected[i].item(), abs=TOLERANCE[service.settings.runtime])
 
 
-def test_load_failure_stops_a_single_model_server(tmp_path, monkeypatch):
-    received = []
-    previous = signal.signal(signal.SIGUSR1, lambda *_: received.append(True))
-    monkeypatch.setenv(handler.SERVER_PID_ENV, str(os.getpid()))
-    try:
-        context = Context("model", str(tmp_path), None, 1, None, "1.1.11")
-        with pytest.raises(model_artifact.ArtifactError):
-            handler.handle(None, context)
-        assert received == [True]
-        monkeypatch.setenv("SAGEMAKER_MULTI_MODEL", "true")  # one bad model must not stop the others
-        with pytest.raises(model_artifact.ArtifactError):
-            handler.handle(None, context)
-        assert received == [True]
-    finally:
-        signal.signal(signal.SIGUSR1, previous)
+def test_a_load_failure_propagates_to_mms_s_worker_which_answers_the_load_with_it(tmp_path):
+    context = Context("model", str(tmp_path), None, 1, None, "1.1.11")
+    with pytest.raises(model_artifact.ArtifactError):
+        handler.handle(None, context)  # serve.workers reads the failed load's answer and reports it
 
 
 @pytest.mark.parametrize("runtime,name", [("onnx", "onnxruntime"), ("torch", "torch"), ("auto", "onnxruntime")])

@@ -177,7 +177,7 @@ def test_the_gateway_writes_one_access_line_per_request_but_ping(served, sample_
     predict(served.port, sample_bytes(sample_data))
     with socket.create_connection(("127.0.0.1", served.port)) as sock:  # a terminal escape in the path
         sock.sendall(b"GET /x\x1b[2J HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        assert sock.makefile("rb").read().startswith(b"HTTP/1.1 404")
+        assert sock.makefile("rb").read().startswith(b"HTTP/1.1 400")  # not a valid request target
     with socket.create_connection(("127.0.0.1", served.port)) as sock:  # a ping, then garbage, kept alive
         sock.sendall(b"GET /ping HTTP/1.1\r\nHost: x\r\n\r\nGET http://[/ HTTP/1.1\r\nHost: x\r\n\r\nBAD\r\n\r\n")
         assert re.findall(rb"HTTP/1\.1 (\d{3}) ", sock.makefile("rb").read()) == [b"200", b"400", b"400"]
@@ -186,7 +186,6 @@ def test_the_gateway_writes_one_access_line_per_request_but_ping(served, sample_
         time.sleep(0.1)
     log = served.log
     assert re.search(r'\[ACCESS\] 127\.0\.0\.1 "POST /invocations HTTP/1\.1" 200 \d+\n', log), log[-2000:]
-    assert '[ACCESS] 127.0.0.1 "GET /x\\u001b[2J HTTP/1.1" 404 ' in log and "\x1b" not in log
+    assert '[ACCESS] 127.0.0.1 "GET /x\\\\x1b[2J HTTP/1.1" 400 ' in log and "\x1b" not in log
     assert '[ACCESS] 127.0.0.1 "GET http://[/ HTTP/1.1" 400 ' in log and '[ACCESS] 127.0.0.1 "BAD" 400 ' in log
     assert "GET /ping" not in log and "Traceback" not in log
-    assert "Backend response time" not in log and "0.0.0.0" not in log  # MMS's own lines are off

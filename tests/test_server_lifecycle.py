@@ -92,7 +92,6 @@ def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
     server = Server(tmp_path, SAGEMAKER_MULTI_MODEL="true")
     try:
         server.wait_healthy()
-        assert_mms_is_private_with_a_container_sized_heap(server)
         for name in ("shapes", "shapes-v2"):  # as SageMaker's multi-model platform calls it
             body = json.dumps({"model_name": name, "url": str(tmp_path / "models" / name / "model")}).encode()
             status, answer = request(server.port, "/models", body, **{"Content-Type": "application/json"})
@@ -108,18 +107,25 @@ def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
         body = json.dumps({"model_name": "broken", "url": str(tmp_path / "nowhere")}).encode()
         assert request(server.port, "/models", body, **{"Content-Type": "application/json"})[0] >= 400
         assert request(server.port, "/models/shapes-v2/invoke", image, **{"Content-Type": "image/jpeg"})[0] == 200
+        assert_no_java_and_private_worker_sockets(server)
     finally:
         assert server.stop() < 30
+    assert not mms_processes()
 
 
-def assert_mms_is_private_with_a_container_sized_heap(server: Server) -> None:
-    """Multi-model endpoints run MMS's Java frontend: both its APIs on Unix sockets only."""
-    config = Path(re.search(r"Config file: (\S+)", server.log).group(1)).read_text()
-    assert "inference_address=unix:" in config and "management_address=unix:" in config
-    assert "0.0.0.0" not in config and "enable_envvars_config=false" in config
-    commands = [" ".join(p.cmdline()) for p in psutil.Process(server.process.pid).children(recursive=True)]
-    java = next(c for c in commands if "com.amazonaws.ml.mms.ModelServer" in c)
-    assert "-XX:+UseContainerSupport -XX:MaxRAMPercentage=25.0" in java
+def assert_no_java_and_private_worker_sockets(server: Server) -> None:
+    """Multi-model endpoints run the same stack as single-model ones: MMS's Python workers on
+    Unix sockets in a private folder, behind the one listener; no Java frontend."""
+    processes = psutil.Process(server.process.pid).children(recursive=True)
+    commands = [" ".join(p.cmdline()) for p in processes]
+    assert not [c for c in commands if "java" in c or "com.amazonaws.ml.mms" in c]
+    workers = [c for c in commands if "mms.model_service_worker" in c]
+    assert workers and all("--model-name shapes-v2" in c for c in workers)  # the unloaded model's are gone
+    folder = Path(re.search(r"--sock-name (\S+)", workers[0]).group(1)).parent
+    assert folder.stat().st_mode & 0o777 == 0o700
+    listening = {c.laddr.port for p in [psutil.Process(server.process.pid), *processes]
+                 for c in p.net_connections("inet") if c.status == psutil.CONN_LISTEN}  # fmt: skip
+    assert listening == {server.port}
 
 
 def plant_code(model: Path, marker: Path) -> None:

@@ -9,7 +9,6 @@ import io
 import json
 import shutil
 import tarfile
-import threading
 
 import pytest
 import torch
@@ -20,8 +19,9 @@ from local_mode import session as local
 from local_mode import transform
 from serve import codecs, gateway
 from serve.codecs import DecodeOptions, RequestError
+from serve.registry import Registry
 from serve.settings import Settings
-from tests.serving import free_port, mms_context, request, service_fixture
+from tests.serving import call_app, free_port, mms_context, service_fixture
 
 SERVING_IMAGE = "byoc-classifier-serving-cpu:latest"
 OPTIONS = DecodeOptions(max_images=4, max_pixels=10_000, max_request_pixels=25_000, prepare=lambda image: image.size)
@@ -168,7 +168,7 @@ def settings(**changes) -> Settings:
         ({"workers": 1, "max_payload_mb": 6}, (1, 6)),
         ({"workers": 4, "max_payload_mb": 6}, (4, 6)),
         ({"workers": 8, "max_payload_mb": 20}, (5, 20)),  # 5 x 20 MB: batch transform's 100 MB for both
-        ({"workers": 3, "max_inflight": 2, "max_payload_mb": 6}, (2, 6)),
+        ({"workers": 3, "max_payload_mb": 0}, (1, 100)),  # 0: chunked bodies up to batch transform's 100 MB
         ({"workers": 2, "max_payload_mb": 1024}, (1, 100)),  # async inference's size, capped for batch
     ],
 )
@@ -178,31 +178,16 @@ def test_execution_parameters(changes, expected):
     assert answer == {"MaxConcurrentTransforms": concurrency, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": payload}
 
 
-@pytest.fixture
-def gateway_alone(tmp_path):
-    """The gateway with no MMS behind it: enough for the routes it answers itself."""
-    front = gateway.Gateway(settings(port=free_port(), workers=2, max_payload_mb=6), tmp_path, None)
-    threading.Thread(target=front.serve_forever, daemon=True).start()
-    yield front
-    front.shutdown()
-    front.server_close()
-
-
-def test_the_gateway_serves_execution_parameters_in_single_model_mode(gateway_alone, tmp_path):
-    port = gateway_alone.server_port
+def test_the_gateway_serves_execution_parameters_in_single_model_mode(tmp_path):
+    single = gateway.Gateway(settings(workers=2, max_payload_mb=6), Registry(settings(), tmp_path, tmp_path, 0, None))
     expected = {"MaxConcurrentTransforms": 2, "BatchStrategy": "MultiRecord", "MaxPayloadInMB": 6}
-    assert request(port, "/execution-parameters", method="GET") == (200, expected)
-    assert request(port, "/execution-parameters", method="HEAD")[0] == 200
-    status, answer = request(port, "/execution-parameters", b"{}", method="POST")
-    assert status == 405 and answer["error"] == "POST is not allowed here; use GET or HEAD"
-    registry = gateway.ModelRegistry(tmp_path / "models", tmp_path / "staged", tmp_path / "management.sock", 5)
-    multi = gateway.Gateway(settings(port=free_port()), tmp_path, registry)
-    threading.Thread(target=multi.serve_forever, daemon=True).start()
-    try:
-        assert request(multi.server_port, "/execution-parameters", method="GET")[0] == 404
-    finally:
-        multi.shutdown()
-        multi.server_close()
+    status, answer = call_app(single, "GET", "/execution-parameters")
+    assert (status, json.loads(answer)) == (200, expected)
+    assert call_app(single, "HEAD", "/execution-parameters")[0] == 200
+    status, answer = call_app(single, "POST", "/execution-parameters", b"{}")
+    assert status == 405 and json.loads(answer)["error"] == "POST is not allowed here; use GET or HEAD"
+    multi = gateway.Gateway(settings(multi_model=True), Registry(settings(), tmp_path, tmp_path, 0, None))
+    assert call_app(multi, "GET", "/execution-parameters")[0] == 404
 
 
 # --- SDK v2 local mode (slow) ---------------------------------------------------------------

@@ -1,5 +1,5 @@
-"""serve.workers: MMS's worker protocol spoken by MMS's own codec, and a real pool of workers
-running our handler: answers, a worker that dies, one that overruns the timeout."""
+"""serve.workers: the batch queue, and a real pool of MMS workers running our handler: answers,
+batches, a worker that dies, one that overruns the timeout, one that cannot be replaced."""
 
 from __future__ import annotations
 
@@ -7,8 +7,6 @@ import io
 import json
 import shutil
 import signal
-import socket
-import struct
 import threading
 import time
 
@@ -17,88 +15,106 @@ import pytest
 from PIL import Image
 
 from serve import workers
-from tests.serving import mms_context
+from serve.mms import Job, Reply
+
+PNG = "image/png"
 
 
-def png() -> bytes:
+def png(color=(200, 30, 30)) -> bytes:
     out = io.BytesIO()
-    Image.new("RGB", (40, 30), (200, 30, 30)).save(out, "PNG")
+    Image.new("RGB", (40, 30), color).save(out, "PNG")
     return out.getvalue()
 
 
-def test_mms_reads_our_inference_command_as_its_frontend_would_send_it():
-    from mms.protocol.otf_message_handler import retrieve_msg
+class Answer:
+    """What a Pending's ``answer`` callback got, and when."""
 
-    ours, theirs = socket.socketpair()
-    headers = {"Content-Type": "image/png", "X-Amzn-SageMaker-Custom-Attributes": "top_k=2"}
-    threading.Thread(target=ours.sendall, args=(workers.predict_message(headers, b"\x00body", "image/png"),)).start()
-    command, batch = retrieve_msg(theirs)
-    assert command == b"I" and len(batch) == 1
-    assert {h["name"].decode(): h["value"].decode() for h in batch[0]["headers"]} == headers
-    assert batch[0]["parameters"] == [{"name": "body", "contentType": "image/png", "value": b"\x00body"}]
+    def __init__(self):
+        self.done, self.value = threading.Event(), None
 
+    def __call__(self, value):
+        self.value = value
+        self.done.set()
 
-def test_mms_reads_our_load_command():
-    from mms.protocol.otf_message_handler import retrieve_msg
-
-    ours, theirs = socket.socketpair()
-    ours.sendall(workers.load_message("/models/m", 1, "worker-0-1"))
-    command, load = retrieve_msg(theirs)
-    assert command == b"L" and load["modelPath"] == b"/models/m" and load["gpu"] == 1 and load["batchSize"] == 1
-    assert load["handler"] == b"serve.handler:handle" and load["ioFileDescriptor"] == b"worker-0-1"
+    def wait(self, seconds: float = 60):
+        assert self.done.wait(seconds), "no answer"
+        return self.value
 
 
-def test_we_read_the_answer_mms_workers_write():
-    from mms.protocol.otf_message_handler import create_predict_response
-
-    context = mms_context("/m", [{}])
-    context.set_response_content_type(0, "application/json")
-    context.set_response_status(415, "unsupported content type", idx=0)
-    raw = create_predict_response(['{"error": "x"}'], {0: "req-1"}, "Prediction success", 200, context=context)
-    reply = workers.read_reply(workers._Reader(io.BytesIO(bytes(raw))))
-    assert reply == workers.Reply(415, "unsupported content type", "application/json", b'{"error": "x"}')
+def pending(body: bytes = b"x", content_type: str = PNG, seconds: float = 60, batchable: bool = True):
+    answer = Answer()
+    job = Job({"Content-Type": content_type}, body, content_type)
+    return workers.Pending(job, answer, time.monotonic() + seconds, batchable), answer
 
 
-def test_a_failed_batch_answers_with_mms_s_message_not_its_placeholder_body():
-    from mms.protocol.otf_message_handler import create_predict_response
-
-    raw = create_predict_response(None, {0: "req-1"}, "Prediction failed", 503)
-    reply = workers.read_reply(workers._Reader(io.BytesIO(bytes(raw))))
-    assert (reply.status, reply.phrase) == (503, "Prediction failed")
-    assert json.loads(reply.body) == {"message": "Prediction failed"}
-
-
-def test_an_answer_over_the_response_limit_is_refused_before_it_is_read():
-    fields = [struct.pack("!ii", 200, 0), struct.pack("!i", 1) + b"r", struct.pack("!iiii", 0, 200, 0, 0)]
-    raw = b"".join(fields) + struct.pack("!i", workers.MAX_RESPONSE_BYTES + 1)
-    with pytest.raises(workers.WorkerError, match="over"):
-        workers.read_reply(workers._Reader(io.BytesIO(raw)))
+def test_a_batch_is_the_oldest_request_and_the_single_images_behind_it_up_to_the_batch_size():
+    queue = workers.BatchQueue(batch_size=3, delay_seconds=0)
+    items = [pending()[0] for _ in range(4)]
+    for item in items:
+        queue.put(item)
+    assert queue.take(1) == items[:3] and queue.take(1) == items[3:]
 
 
-def test_a_truncated_answer_is_a_worker_error():
-    with pytest.raises(workers.WorkerError, match="closed"):
-        workers.read_reply(workers._Reader(io.BytesIO(b"\x00\x00\x00\xc8\x00")))
+def test_a_request_that_is_not_one_image_goes_alone_and_ends_the_batch_before_it():
+    queue = workers.BatchQueue(batch_size=8, delay_seconds=0)
+    image, json_request, image2 = pending()[0], pending(batchable=False)[0], pending()[0]
+    for item in (image, json_request, image2):
+        queue.put(item)
+    assert queue.take(1) == [image] and queue.take(1) == [json_request] and queue.take(1) == [image2]
+
+
+def test_a_worker_waits_up_to_the_delay_for_a_batch_to_fill_and_no_longer():
+    queue = workers.BatchQueue(batch_size=4, delay_seconds=0.3)
+    first, second = pending()[0], pending()[0]
+    queue.put(first)
+    threading.Timer(0.1, queue.put, args=(second,)).start()
+    started = time.monotonic()
+    assert queue.take(1) == [first, second]
+    assert 0.25 < time.monotonic() - started < 1.0  # waited the delay for 2 more, then went
+    assert queue.take(0.05) == []
+
+
+def test_closing_the_queue_answers_what_waits_with_503():
+    queue = workers.BatchQueue(batch_size=4, delay_seconds=0)
+    item, answer = pending()
+    queue.put(item)
+    queue.close()
+    assert answer.wait(1).status == 503 and queue.take(0.01) == []
+    late, late_answer = pending()
+    queue.put(late)
+    assert late_answer.wait(1).status == 503
+
+
+def start_pool(model, scratch, batch_size=1, delay=0.0, timeout=30.0):
+    pool = workers.WorkerPool(workers.ModelFiles("model", model), scratch, [-1], timeout, batch_size, delay)
+    pool.failures = []
+    pool.start(on_failure=pool.failures.append)
+    assert wait_healthy(pool), pool.failures
+    return pool
 
 
 @pytest.fixture
-def pool(small_model, tmp_path, monkeypatch):
+def pool_parts(small_model, tmp_path, monkeypatch):
     monkeypatch.setenv("SERVE_RUNTIME", "onnx")
     monkeypatch.setenv("SERVE_THREADS", "1")
     scratch = tmp_path / "scratch"
     scratch.mkdir(mode=0o700)
-    model = shutil.copytree(small_model, tmp_path / "model")
-    failures: list[str] = []
-    made = workers.WorkerPool(model, scratch, 1, 0, timeout=30)
-    made.start(on_failure=failures.append)
-    made.failures, made.scratch, made.model = failures, scratch, model
-    assert wait_healthy(made), failures
+    return shutil.copytree(small_model, tmp_path / "model"), scratch
+
+
+@pytest.fixture
+def pool(pool_parts):
+    made = start_pool(*pool_parts)
+    made.model_dir, made.scratch = pool_parts
     yield made
-    made.signal(signal.SIGKILL)
-    made.wait()
+    made.stop(signal.SIGKILL)
+    made.wait(10)
 
 
-def ask(pool: workers.WorkerPool, body: bytes, content_type: str = "image/png") -> workers.Reply:
-    return pool.predict({"Content-Type": content_type}, body, content_type)
+def ask(pool: workers.WorkerPool, body: bytes, content_type: str = PNG, seconds: float = 60):
+    item, answer = pending(body, content_type, seconds, content_type == PNG)
+    pool.submit(item)
+    return answer.wait()
 
 
 def wait_healthy(pool: workers.WorkerPool, seconds: float = 120) -> bool:
@@ -111,11 +127,28 @@ def wait_healthy(pool: workers.WorkerPool, seconds: float = 120) -> bool:
 
 def test_the_pool_answers_with_our_handler_and_its_errors(pool):
     reply = ask(pool, png())
-    assert reply.status == 200 and reply.content_type == "application/json"
+    assert isinstance(reply, Reply) and reply.status == 200 and reply.content_type == "application/json"
     assert json.loads(reply.body)["predictions"][0]["label"] in {"ant", "bee", "cat"}
     bad = ask(pool, b"a,b\n1,2", "text/csv")
     assert bad.status == 415 and json.loads(bad.body)["error"] and bad.phrase
     assert ask(pool, json.dumps({"instances": [{"b64": "QQ=="}]}).encode(), "application/json").status == 400
+
+
+def test_batched_requests_get_the_answers_they_get_alone(pool_parts, pool):
+    bodies = [png((40 * i, 200 - 30 * i, 90)) for i in range(5)] + [b"not an image"]
+    alone = [ask(pool, body) for body in bodies]
+    batching = start_pool(*pool_parts, batch_size=8, delay=0.5)
+    try:
+        items = [pending(body) for body in bodies]
+        for item, _ in items:
+            batching.submit(item)
+        together = [answer.wait() for _, answer in items]
+    finally:
+        batching.stop(signal.SIGKILL)
+        batching.wait(10)
+    assert [r.status for r in together] == [200] * 5 + [400]
+    for one, other in zip(alone, together, strict=True):
+        assert json.loads(one.body) == json.loads(other.body)
 
 
 def kill_forked_worker(worker: workers.Worker) -> None:
@@ -130,49 +163,45 @@ def kill_forked_worker(worker: workers.Worker) -> None:
 def test_a_worker_that_died_while_idle_is_replaced_before_a_request_reaches_it(pool):
     worker = pool.workers[0]
     kill_forked_worker(worker)
+    assert not pool.healthy()
     reply = ask(pool, png())  # waits for the replacement instead of failing
     assert reply.status == 200 and worker.generation == 2 and pool.healthy()
-    assert not list(pool.scratch.glob("worker-0-1-*")), "the first generation's log fifos are left"
+    assert not list(pool.scratch.glob(f"worker-{worker.serial}-1*")), "the first generation's files are left"
 
 
-def test_a_worker_that_cannot_be_replaced_stops_the_server(pool):
-    shutil.rmtree(pool.model)  # the replacement cannot load the model
+def test_a_worker_that_cannot_be_replaced_is_reported_once(pool):
+    shutil.rmtree(pool.model_dir)  # the replacement cannot load the model
     kill_forked_worker(pool.workers[0])
     assert not pool.healthy()
     deadline = time.monotonic() + 60
     while not pool.failures and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert pool.failures and "worker 0" in pool.failures[0]
+    time.sleep(1.5)
+    assert len(pool.failures) == 1 and "worker 0" in pool.failures[0]
 
 
-def test_a_worker_that_dies_under_a_request_is_a_500_and_ping_tells(pool):
+def test_a_worker_that_dies_under_a_batch_answers_500_and_is_replaced(pool):
     worker = pool.workers[0]
+    worker.ready = False  # the pool's thread keeps serving it: send it a batch ourselves
     kill_forked_worker(worker)
     with pytest.raises(workers.WorkerError) as failed:
-        worker.predict({}, png(), "image/png")  # the pool would not hand it out: ask it directly
+        worker.predict([Job({}, png(), PNG)])
     assert failed.value.status == 500
-    assert not pool.healthy()  # and it is being replaced
     assert wait_healthy(pool) and worker.generation == 2
     assert ask(pool, png()).status == 200
 
 
-def test_a_worker_over_the_timeout_is_a_504_and_replaced(pool):
-    pool.workers[0].timeout = 0.001
-    pool.workers[0].sock.settimeout(0.001)
-    with pytest.raises(workers.WorkerError) as failed:
-        ask(pool, png())
-    pool.workers[0].timeout = 30  # the replacement (a second from now) sets its socket's timeout from this
-    assert failed.value.status == 504 and "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS" in str(failed.value)
-    assert wait_healthy(pool)
+def test_a_worker_over_the_timeout_answers_504_and_is_replaced(pool):
+    worker = pool.workers[0]
+    worker.sock.settimeout(0.001)
+    failed = ask(pool, png())
+    assert isinstance(failed, workers.WorkerError) and failed.status == 504
+    assert "SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS" in str(failed)
+    assert wait_healthy(pool) and worker.generation == 2
     assert ask(pool, png()).status == 200
 
 
-def test_a_busy_pool_answers_503_after_the_timeout(pool):
-    pool.timeout = 0.2
-    taken = pool.idle.get()
-    try:
-        with pytest.raises(workers.WorkerError) as failed:
-            ask(pool, png())
-        assert failed.value.status == 503
-    finally:
-        pool.idle.put(taken)
+def test_a_request_still_queued_at_its_deadline_answers_503_unpredicted(pool):
+    late = ask(pool, png(), seconds=-1)
+    assert isinstance(late, workers.WorkerError) and late.status == 503
+    assert ask(pool, png()).status == 200
