@@ -87,10 +87,32 @@ demo: images ## Build the images, train and deploy in SageMaker local mode on th
 demo-host: venv ## The same training without Docker: `train` on the host, then classify with the artifact
 	$(BIN)/python scripts/demo_host.py
 
-bench: images ## Print training, loader and serving throughput, and eager PyTorch vs ONNX Runtime serving images
+bench: images ## Print training throughput; serving latency and throughput (batching on/off, runtimes, a burst)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/serve_runtimes.py
+	test -f build/demo/model/artifact.json || $(BIN)/python scripts/demo_host.py
+	$(BIN)/python bench/burst.py --image byoc-classifier-serving-cpu:latest --model build/demo/model --clients 512 --requests 4
+	$(BIN)/python bench/burst.py --image byoc-classifier-serving-cpu:latest --model build/demo/model --clients 1024 --requests 2
+
+# The HTTP servers bench/http_servers.py compares, pinned here, never in .venv or constraints.txt (only
+# uvicorn and h11, the chosen one, go in the images).
+HTTP_SERVERS := uvicorn==0.54.0 h11==0.16.0 httptools==0.9.0 hypercorn==0.18.0 granian==2.8.9
+.venv-http/.installed-stamp:
+	test -x .venv-http/bin/python || $(PYTHON) -m venv .venv-http
+	.venv-http/bin/python -m pip install -q $(HTTP_SERVERS)
+	touch $@
+
+.PHONY: bench-http
+bench-http: .venv-http/.installed-stamp ## Conformance and overhead of uvicorn (h11, httptools), hypercorn, granian and http.server
+	.venv-http/bin/python bench/http_servers.py
+
+.PHONY: gpu-serving-deps
+gpu-serving-deps: venv ## build/gpu-deps: what bench/gpu_serving.py needs beside torch on a GPU machine
+	rm -rf build/gpu-deps
+	$(BIN)/python -m pip install -q --no-deps -c constraints.txt --target build/gpu-deps \
+		uvicorn h11 click psutil multi-model-server
+	rm -rf build/gpu-deps/mms/frontend build/gpu-deps/bin
 
 # OpenVINO, for bench/runtimes/compare.py only: pinned here, never in .venv or constraints.txt (the
 # images' pins). torch, torchvision, onnx, onnxscript and onnxruntime come from .venv through a .pth file.

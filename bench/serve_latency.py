@@ -1,119 +1,145 @@
-"""Latency and throughput of the real server (``serve``: MMS + our handler) on this machine.
+"""Latency and throughput of both serving images, with and without batching across requests.
 
-    python bench/serve_latency.py [--requests 120]
+    python bench/serve_latency.py [--requests 120] [--rounds 2] [--images CPU_IMAGE GPU_IMAGE]
+                                  [--baseline IMAGE]
 
-For the sample model's shape (resnet18, 64 px, 4 classes) and resnet18 at 224 px with 257
-classes (Caltech-256), it starts ``serve``, sends a JPEG photo-sized image with 1 and with 8
-concurrent clients, and prints p50/p99 latency and requests per second, then the gateway's
-cost: the same request through the serving port and straight to MMS's Unix socket,
-interleaved (the baseline measured in the same run). Prints, never asserts.
+Serves a seeded resnet18 (224 px, 257 classes; ``serve_runtimes.make_artifact``) from each
+image twice, with ``SERVE_BATCH_SIZE=1`` (no batching) and with the image's defaults, every
+container under ``--cpus 2`` on the host network (loopback only). Then, in rounds whose order
+is shuffled: p50/p99 of one 500x375 JPEG at a time (1 client, keep-alive), and images/s with
+1, 8 and 32 concurrent clients. ``--baseline IMAGE`` adds another image's row (e.g. the
+previous release, for the "1-client p50 no more than 1 ms worse" check). Prints a table and
+the ratios of batching on against off from this same run; never asserts.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
-import io
-import re
+import random
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
-from PIL import Image
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import model_artifact
-from bench.serve_process import Server, predict
+from bench.fuzz import Container
+from bench.serve_runtimes import cpu_model, make_artifact, photo
 
-MODELS = {"sample (resnet18, 64 px, 4 classes)": (64, 4), "resnet18, 224 px, 257 classes": (224, 257)}
-
-
-def make_artifact(folder: Path, image_size: int, classes: int) -> None:
-    torch.manual_seed(0)
-    net = model_artifact.build_model("resnet18", classes)
-    prep = model_artifact.Preprocessing.for_image_size(image_size)
-    meta = model_artifact.Metadata("resnet18", [f"class {i}" for i in range(classes)], prep)
-    model_artifact.save(folder / "model", net.state_dict(), meta)
+IMAGES = ("byoc-classifier-serving-cpu:latest", "byoc-classifier-serving-gpu:latest")
+CLIENTS = (1, 8, 32)
 
 
-def photo() -> bytes:
-    """A 500x375 JPEG, the typical size of a Caltech-256 photo."""
-    out = io.BytesIO()
-    Image.effect_noise((500, 375), 40).convert("RGB").resize((500, 375)).save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
-def measure(port: int, body: bytes, clients: int, requests: int) -> str:
-    def one(_):
-        start = time.perf_counter()
-        status, _ = predict(port, body)
-        assert status == 200
-        return time.perf_counter() - start
-
-    for _ in range(5):  # warm up
-        one(None)
+def post(connection: http.client.HTTPConnection, body: bytes) -> float:
+    """Seconds for one answered request."""
     started = time.perf_counter()
-    with ThreadPoolExecutor(clients) as pool:
-        latencies = sorted(pool.map(one, range(requests)))
-    elapsed = time.perf_counter() - started
-    p50 = statistics.median(latencies) * 1000
-    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000
-    return f"{clients} client(s): p50 {p50:.1f} ms, p99 {p99:.1f} ms, {requests / elapsed:.1f} req/s"
+    connection.request("POST", "/invocations", body, {"Content-Type": "image/jpeg"})
+    response = connection.getresponse()
+    response.read()
+    if response.status != 200:
+        raise RuntimeError(f"/invocations answered {response.status}")
+    return time.perf_counter() - started
 
 
-def gateway_overhead(server: Server, body: bytes, requests: int) -> str:
-    """p50 of the same request through the serving port and straight to MMS's socket, interleaved."""
-    from serve import mms
+def sequential(port: int, body: bytes, requests: int) -> list[float]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        return [post(connection, body) for _ in range(requests)]
+    finally:
+        connection.close()
 
-    socket_path = Path(re.search(r"Inference address: unix:(\S+)", server.log).group(1))
-    through, direct = http.client.HTTPConnection("127.0.0.1", server.port), mms.UnixHTTPConnection(socket_path, 60)
 
-    def once(connection) -> float:
-        start = time.perf_counter()
-        connection.request("POST", "/invocations", body, {"Content-Type": "image/jpeg"})
-        response = connection.getresponse()
-        response.read()
-        assert response.status == 200
-        return time.perf_counter() - start
+def throughput(port: int, body: bytes, clients: int, each: int) -> float:
+    """Images/s of ``clients`` keep-alive clients sending ``each`` requests at once."""
+    barrier = threading.Barrier(clients + 1)
 
-    times: dict[str, list[float]] = {"gateway": [], "direct": []}
-    for i in range(requests + 5):
-        for name, connection in (("gateway", through), ("direct", direct)):
-            elapsed = once(connection)
-            if i >= 5:
-                times[name].append(elapsed * 1000)
-    gateway, direct_p50 = statistics.median(times["gateway"]), statistics.median(times["direct"])
-    return (
-        f"through the gateway p50 {gateway:.1f} ms, straight to MMS p50 {direct_p50:.1f} ms: "
-        f"overhead {gateway - direct_p50:+.1f} ms ({gateway / direct_p50:.2f}x)"
-    )
+    def client() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+        post(connection, body)  # connected and warm
+        barrier.wait()
+        for _ in range(each):
+            post(connection, body)
+        connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    started = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    return clients * each / (time.perf_counter() - started)
+
+
+def servers(args, model: Path) -> list[tuple[str, str, dict]]:
+    """(label, image, environment) of each server to measure."""
+    rows = []
+    for image in args.images:
+        rows.append((f"{image.split(':')[0].rsplit('-', 1)[-1]}, no batching", image, {"SERVE_BATCH_SIZE": "1"}))
+        rows.append((f"{image.split(':')[0].rsplit('-', 1)[-1]}, batching", image, {}))
+    if args.baseline:
+        rows.append((f"baseline {args.baseline}", args.baseline, {}))
+    return rows
+
+
+def measure(args, body: bytes, started: dict[str, Container]) -> dict[str, dict]:
+    """Every figure of every server, in rounds of shuffled order."""
+    results = {label: {"latency": [], **{c: [] for c in CLIENTS}} for label in started}
+    rng = random.Random(0)
+    for _ in range(args.rounds):
+        for label in rng.sample(list(started), len(started)):
+            port = started[label].port
+            sequential(port, body, 3)  # warm
+            results[label]["latency"] += sequential(port, body, args.requests // args.rounds)
+        for clients in CLIENTS:
+            for label in rng.sample(list(started), len(started)):
+                each = max(4, args.requests // (4 * clients))
+                results[label][clients].append(throughput(started[label].port, body, clients, each))
+    return results
+
+
+def report(results: dict[str, dict]) -> None:
+    print(f"\n{'server':32} {'p50 ms':>8} {'p99 ms':>8} " + " ".join(f"{f'img/s @{c}':>10}" for c in CLIENTS))
+    for label, figures in results.items():
+        latencies = sorted(figures["latency"])
+        p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+        rates = " ".join(f"{statistics.median(figures[c]):>10.1f}" for c in CLIENTS)
+        print(f"{label:32} {statistics.median(latencies) * 1000:>8.1f} {p99 * 1000:>8.1f} {rates}")
+    print("\nbatching against no batching (same image, same run):")
+    for label in [name for name in results if name.endswith(", batching")]:
+        off, on = results[label.replace(", batching", ", no batching")], results[label]
+        p50 = (statistics.median(on["latency"]) - statistics.median(off["latency"])) * 1000
+        rates = ", ".join(f"@{c} {statistics.median(on[c]) / statistics.median(off[c]):.2f}x" for c in CLIENTS)
+        print(f"  {label.split(',')[0]}: 1-client p50 {p50:+.1f} ms; img/s {rates}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--requests", type=int, default=120)
-    parser.add_argument("--workers", default="", help="SAGEMAKER_MODEL_SERVER_WORKERS (default: serve's)")
-    parser.add_argument("--threads", default="", help="SERVE_THREADS (default: serve's)")
+    parser.add_argument("--requests", type=int, default=120, help="1-client requests per server")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--images", nargs="+", default=list(IMAGES))
+    parser.add_argument("--baseline", default="", help="another serving image to measure beside them")
     args = parser.parse_args()
+    print(cpu_model())
     body = photo()
-    for name, (size, classes) in MODELS.items():
-        with tempfile.TemporaryDirectory() as tmp:
-            make_artifact(Path(tmp), size, classes)
-            env = {"SAGEMAKER_MODEL_SERVER_WORKERS": args.workers, "SERVE_THREADS": args.threads}
-            server = Server(Path(tmp), **{k: v for k, v in env.items() if v})
-            try:
-                server.wait_healthy()
-                predict(server.port, body)  # the worker may still be loading when /ping turns 200
-                for clients in (1, 8):
-                    figures = measure(server.port, body, clients, args.requests)
-                    print(f"serve {name}, {args.workers or 'default'} workers: {figures}", flush=True)
-                print(f"serve {name}: {gateway_overhead(server, body, args.requests // 2)}", flush=True)
-            finally:
-                server.stop()
+    with tempfile.TemporaryDirectory() as folder:
+        model = make_artifact(Path(folder))
+        started: dict[str, Container] = {}
+        try:
+            for label, image, env in servers(args, model):
+                container = Container(image, model, "4g", env | {"SERVE_THREADS": "2"}, network="host")
+                started[label] = container.__enter__()
+                subprocess.run(["docker", "update", "--cpus", "2", container.cid], capture_output=True, check=True)
+            for container in started.values():
+                container.wait_predicting()
+            results = measure(args, body, started)
+        finally:
+            for container in started.values():
+                container.__exit__(None, None, None)
+    report(results)
 
 
 if __name__ == "__main__":

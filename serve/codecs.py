@@ -14,6 +14,9 @@ Accepted content types:
 ``top_k`` may also come as SageMaker custom attributes (``CustomAttributes="top_k=3"``,
 the ``X-Amzn-SageMaker-Custom-Attributes`` header). The response is always JSON:
 ``{"predictions": [{"label": ..., "probability": ..., "top_k": [{"label", "probability"}]}]}``.
+With ``probabilities=all`` (a custom attribute, or a parameter of the Accept header:
+``application/json; probabilities=all``) each prediction also carries ``"probabilities"``:
+every class's probability in class order, what SageMaker Clarify's image explainability reads.
 """
 
 from __future__ import annotations
@@ -74,6 +77,7 @@ class Request:
     inputs: list
     top_k: int | None = None
     lines: list[tuple[int, int | None]] | None = None
+    all_probabilities: bool = False  # every class's probability too, in class order
 
     @property
     def media_type(self) -> str:
@@ -215,6 +219,16 @@ def parse_top_k(value) -> int | None:
     return k
 
 
+def read_answer_options(request: Request, accept: str | None, attributes: str | None) -> Request:
+    """What the headers ask of the answer: ``top_k`` (custom attributes; the body's wins) and
+    ``probabilities=all`` (custom attributes, or an Accept parameter)."""
+    request.top_k = request.top_k or top_k_from_attributes(attributes)
+    asked = [item.strip().replace(" ", "") for item in (attributes or "").split(",")]
+    asked += [param.strip().replace(" ", "") for part in (accept or "").split(",") for param in part.split(";")[1:]]
+    request.all_probabilities = "probabilities=all" in asked
+    return request
+
+
 def top_k_from_attributes(header: str | None) -> int | None:
     """``top_k`` from SageMaker custom attributes (``a=1,top_k=3``)."""
     for item in (header or "").split(","):
@@ -231,19 +245,21 @@ def as_array(probabilities) -> np.ndarray:
     return np.asarray(probabilities)
 
 
-def encode_predictions(probabilities, class_names: list[str], k: int) -> str:
+def encode_predictions(probabilities, class_names: list[str], k: int, all_probabilities: bool = False) -> str:
     """JSON of the top-``k`` labels (class folder names, exactly as trained), names and probabilities of each
-    row of ``probabilities`` (numpy, or a torch tensor); ties go to the lower class index."""
+    row of ``probabilities`` (numpy, or a torch tensor); ties go to the lower class index.
+    ``all_probabilities``: each row's every probability too, in class order."""
     rows = as_array(probabilities)
     indices = np.argsort(-rows, axis=1, kind="stable")[:, : min(k, len(class_names))]
     values = np.take_along_axis(rows, indices, axis=1)
     predictions = []
-    for row_values, row_indices in zip(values.tolist(), indices.tolist(), strict=True):
+    for row, row_values, row_indices in zip(rows.tolist(), values.tolist(), indices.tolist(), strict=True):
         top = [
             {"label": class_names[i], "name": model_artifact.display_name(class_names[i]), "probability": round(p, 6)}
             for p, i in zip(row_values, row_indices, strict=True)
         ]
-        predictions.append(top[0] | {"top_k": top})
+        every = {"probabilities": [round(p, 6) for p in row]} if all_probabilities else {}
+        predictions.append(top[0] | {"top_k": top} | every)
     return json.dumps({"predictions": predictions})
 
 
@@ -251,11 +267,12 @@ def encode_response(request: Request, probabilities, class_names: list[str], def
     """The answer to a decoded request: one JSON object, or for JSON Lines one object per input
     line, in order, joined by newlines (no trailing newline: batch transform adds one)."""
     if request.lines is None:
-        return encode_predictions(probabilities, class_names, request.top_k or default_k)
+        return encode_predictions(probabilities, class_names, request.top_k or default_k, request.all_probabilities)
     answers, start, probabilities = [], 0, as_array(probabilities)
     for count, k in request.lines:
         rows = probabilities[start : start + count]
-        answers.append(encode_predictions(rows, class_names, k or request.top_k or default_k))
+        k = k or request.top_k or default_k
+        answers.append(encode_predictions(rows, class_names, k, request.all_probabilities))
         start += count
     return "\n".join(answers)
 

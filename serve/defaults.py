@@ -55,7 +55,7 @@ class Defaults:
         codecs.check_accept(self.headers.get("accept"), content_type)
         body = input_data.encode() if isinstance(input_data, str) else input_data
         request = codecs.decode(body, content_type, self.options)
-        request.top_k = request.top_k or codecs.top_k_from_attributes(self.headers.get(codecs.CUSTOM_ATTRIBUTES))
+        codecs.read_answer_options(request, self.headers.get("accept"), self.headers.get(codecs.CUSTOM_ATTRIBUTES))
         return request
 
     @torch.inference_mode()
@@ -79,7 +79,8 @@ class Defaults:
             value = prediction.tolist() if hasattr(prediction, "tolist") else prediction
             return json.dumps(value), codecs.JSON
         if request is None:
-            request = codecs.Request([], codecs.top_k_from_attributes(self.headers.get(codecs.CUSTOM_ATTRIBUTES)))
+            request = codecs.Request([])
+            codecs.read_answer_options(request, self.headers.get("accept"), self.headers.get(codecs.CUSTOM_ATTRIBUTES))
         codecs.check_accept(self.headers.get("accept"), request.media_type)  # the client's, not the default
         names = self.meta.class_names if self.meta else [str(i) for i in range(probabilities.shape[1])]
         body = codecs.encode_response(request, probabilities, names, self.settings.top_k)

@@ -84,9 +84,10 @@ class ClassifierService:
             try:
                 codecs.check_accept(headers.get("accept"), headers.get("content-type"))
                 body = request.get("body") if isinstance(request, dict) else None
-                decoded[idx] = codecs.decode(body, headers.get("content-type"), self.options)
-                attribute_k = codecs.top_k_from_attributes(headers.get(codecs.CUSTOM_ATTRIBUTES))
-                decoded[idx].top_k = decoded[idx].top_k or attribute_k
+                decoded[idx] = codecs.read_answer_options(
+                    codecs.decode(body, headers.get("content-type"), self.options),
+                    headers.get("accept"), headers.get(codecs.CUSTOM_ATTRIBUTES),
+                )  # fmt: skip
             except codecs.RequestError as exc:
                 bodies[idx] = self._error(context, idx, exc.status, exc.reason)
         if decoded:

@@ -72,7 +72,7 @@ def input_fn(input_data: bytes | str, content_type: str, context=None) -> codecs
     body = input_data.encode("utf-8") if isinstance(input_data, str) else bytes(input_data)
     with _client_errors():
         request = codecs.decode(body, content_type, _loaded["options"])
-        request.top_k = request.top_k or codecs.top_k_from_attributes(_header(context, codecs.CUSTOM_ATTRIBUTES))
+        codecs.read_answer_options(request, _header(context, "accept"), _header(context, codecs.CUSTOM_ATTRIBUTES))
     return request
 
 

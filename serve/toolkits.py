@@ -1,9 +1,9 @@
 """What ``serve`` replaces in sagemaker-inference and multi-model-server (MMS), and why.
 
 Nothing of theirs is monkeypatched: ``serve`` calls none of the functions below; it does the
-job itself (the ``instead`` module) and uses MMS's Python worker (and, multi-model, its Java
-frontend) as they are; ``serve.workers`` speaks the worker's protocol, which
-tests/test_workers.py checks against MMS's own codec.
+job itself (the ``instead`` module) and uses MMS's Python worker as it is; ``serve.workers``
+starts it and speaks its protocol (``serve.mms``), which tests/test_mms.py checks against
+MMS's own codec. MMS's Java frontend is never run, and the images do not have it.
 Each entry names the toolkit's function or setting, its defect, and where ``serve`` does the
 job; all were read in the versions of ``CHECKED_AGAINST``, which constraints.txt pins.
 
@@ -36,32 +36,41 @@ REPLACED = (
         "binds MMS's management API to the serving port on every interface (anyone who reaches it can "
         "register a model from a URL, or delete ours), puts code/ on the workers' PYTHONPATH, "
         "pip-installs code/requirements.txt as root and writes /etc",
-        "serve.mms (Unix sockets in a private folder), serve.gateway (the only socket on the network), "
-        "serve.script_mode (SAGEMAKER_PROGRAM only; installs as the server's user into a private prefix)",
+        "serve.listener and serve.gateway (the only socket on the network: SageMaker's routes), "
+        "serve.workers (Unix sockets in a private folder), serve.script_mode (SAGEMAKER_PROGRAM only; "
+        "installs as the server's user into a private prefix)",
     ),
     Replaced(
         "sagemaker-inference", "sagemaker_inference.model_server", "_retrieve_mms_server_process",
         "finds MMS by scanning every process on the machine for its name",
-        "serve.server keeps the Popen of the frontend it started (serve.mms.start)",
+        "serve.workers keeps the Popen of each worker it starts",
+    ),
+    Replaced(
+        "sagemaker-inference", "sagemaker_inference.environment", "Environment",
+        "SAGEMAKER_MODEL_SERVER_TIMEOUT becomes MMS's default_response_timeout, which MMS counts in "
+        "minutes (60 by default: an hour); SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS its seconds",
+        "serve.settings.timeout_seconds reads both with the same meaning (the _SECONDS one wins); "
+        "ours defaults to 60 s, SageMaker's own limit on an invocation",
     ),
     Replaced(
         "sagemaker-inference", "sagemaker_inference.environment", "DEFAULT_VMARGS",
         "-XX:-UseContainerSupport: the Java heap is sized from the host's memory, not the container's "
         "limit, and the frontend can be OOM-killed",
-        "serve.settings.JVM_ARGS (SAGEMAKER_MODEL_SERVER_VMARGS still overrides it)",
+        "no Java: MMS's frontend is not run (SAGEMAKER_MODEL_SERVER_VMARGS is ignored)",
     ),
     Replaced(
         "multi-model-server", "mms.model_server", "start",
-        "`multi-model-server --start` runs the Java frontend under a wrapper process: a signal to the "
-        "wrapper does not reach the frontend and its workers",
-        "serve.mms.command builds the wrapper's Java command (model_server_home, the mms/frontend/* "
-        "class path, serve.mms.MAIN_CLASS) and serve.mms.start runs it in a process group of its own",
+        "runs MMS's Java frontend (netty 4.1.91, no release since June 2023) under a wrapper process: "
+        "a signal to the wrapper does not reach the frontend and its workers; the frontend adds "
+        "milliseconds and four thread hand-offs to each request",
+        "serve.listener (uvicorn) answers HTTP; serve.workers starts mms.model_service_worker in a "
+        "process group of its own, batches requests for it and replaces it when it dies",
     ),
     Replaced(
         "multi-model-server", "mms.model_loader", "MmsModelLoader",
         "the exception of a handler class's initialize() is logged and swallowed: the worker then "
         "serves a model that never loaded",
         "serve.handler.handle is a function: MMS calls handle(None, context) to load, and a failure "
-        "propagates (and stops a single-model server)",
+        "propagates (serve.workers reports it: a single-model server stops)",
     ),
 )  # fmt: skip

@@ -144,15 +144,10 @@ class Worker:
         self.generation += 1
         self.killed, self.child = threading.Event(), None
         path = self.scratch / f"{self.io_name}.sock"
-        command = [sys.executable, "-P", "-m", "mms.model_service_worker", "--sock-type", "unix",
-                   "--sock-name", str(path), "--handler", HANDLER, "--model-path", str(self.model.folder),
-                   "--model-name", self.model.name, "--preload-model", "false",
-                   "--tmp-dir", str(self.scratch)]  # fmt: skip
-        # -P: the scratch folder (the working directory) is not on the import path
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MMS_")}
         env |= {"TEMP": str(self.scratch), "TMPDIR": str(self.scratch), "HOME": str(self.scratch)}
         env["MMS_DECODE_INPUT_REQUEST"] = "false"  # the handler reads the raw body
-        self.process = subprocess.Popen(command, env=env, cwd=self.scratch, process_group=0)
+        self.process = subprocess.Popen(self.command(path), env=env, cwd=self.scratch, process_group=0)
         self.sock = self._connect(path)
         message = mms.load_message(self.model.name, str(self.model.folder), self.gpu, self.io_name, self.batch_size)
         self.sock.sendall(message)
@@ -171,6 +166,14 @@ class Worker:
             threading.Thread(target=_relay_log, args=(fifo, self.killed), daemon=True).start()
         self.sock.settimeout(self.timeout)
         self.reader = reader
+
+    def command(self, path: Path) -> list[str]:
+        """MMS's worker listening on ``path``; -P: its working directory (the scratch folder)
+        is not on its import path."""
+        return [sys.executable, "-P", "-m", "mms.model_service_worker", "--sock-type", "unix",
+                "--sock-name", str(path), "--handler", HANDLER, "--model-path", str(self.model.folder),
+                "--model-name", self.model.name, "--preload-model", "false",
+                "--tmp-dir", str(self.scratch)]  # fmt: skip
 
     @property
     def io_name(self) -> str:

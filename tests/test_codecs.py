@@ -184,3 +184,21 @@ def test_label_is_the_class_folder_name_exactly_and_name_is_for_people():
 def test_error_body_is_one_line_json():
     body = codecs.encode_error(415, "unsupported content type 'x'")
     assert json.loads(body) == {"error": "unsupported content type 'x'", "status": 415} and "\n" not in body
+
+
+@pytest.mark.parametrize(
+    "accept,attributes,wanted",
+    [(None, None, False), ("application/json; probabilities=all", None, True),
+     (None, "top_k=2, probabilities=all", True), ("application/json", "probabilities=some", False),
+     ("*/*;q=0.8, application/json;probabilities=all", "", True)],
+)  # fmt: skip
+def test_every_class_s_probability_in_class_order_when_asked(accept, attributes, wanted):
+    request = codecs.read_answer_options(codecs.Request([]), accept, attributes)
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]], dtype=np.float32)
+    answer = json.loads(codecs.encode_response(request, probabilities, ["a", "b", "c"], 1))
+    first = answer["predictions"][0]
+    assert first["label"] == "b" and len(first["top_k"]) == (2 if attributes and "top_k=2" in attributes else 1)
+    if wanted:
+        assert [p["probabilities"] for p in answer["predictions"]] == [[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]]
+    else:
+        assert "probabilities" not in first

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from serve import mms, toolkits
+from serve import mms, toolkits, workers
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,14 +38,15 @@ def test_each_replaced_name_still_exists_in_the_toolkit(entry):
     assert hasattr(importlib.import_module(entry.module), entry.name), f"{entry.module}.{entry.name} is gone"
 
 
-def test_our_java_command_is_the_one_the_mms_wrapper_builds(tmp_path):
-    from mms import model_server
+def test_mms_s_worker_takes_the_command_line_we_start_it_with(tmp_path):
+    from mms.arg_parser import ArgParser
 
-    source = inspect.getsource(model_server.start)
-    assert mms.MAIN_CLASS in source and "mms/frontend/*" in source and "-Dmodel_server_home=" in source
-    command = mms.command(tmp_path / "mms.properties", tmp_path, "")
-    home = Path(next(a for a in command if a.startswith("-Dmodel_server_home=")).partition("=")[2])
-    assert list((home / "mms" / "frontend").glob("*.jar")), "no frontend jar where the class path points"
+    worker = workers.Worker(0, workers.ModelFiles("m", tmp_path / "m"), tmp_path, -1, 60, 8)
+    command = worker.command(tmp_path / "w.sock")
+    assert command[1:4] == ["-P", "-m", "mms.model_service_worker"]
+    args = ArgParser.model_service_worker_args().parse_args(command[4:])
+    assert (args.sock_type, args.sock_name, args.handler) == ("unix", str(tmp_path / "w.sock"), mms.HANDLER)
+    assert (args.model_name, args.preload_model, args.tmp_dir) == ("m", False, str(tmp_path))
 
 
 def test_a_function_handler_load_failure_propagates_in_mms():
