@@ -111,27 +111,31 @@ def drive(port: int, body: bytes, clients: int = 64, seconds: float = 20) -> flo
 def serve_once(base: Path, body: bytes, port: int, env: dict[str, str]) -> None:
     environment = os.environ | env | {"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(port),
                                       "PYTHONPATH": f"{REPO}:{DEPS}", "SERVE_RUNTIME": "torch"}  # fmt: skip
-    log = open(base / f"serve-{port}.log", "w")
-    server = subprocess.Popen([sys.executable, "-m", "serve.server"], env=environment, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                connection.request("GET", "/ping")
-                if connection.getresponse().status == 200:
-                    break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        drive(port, body, seconds=3)  # warm
-        with Utilisation() as gpu:
-            rate = drive(port, body)
-        print(f"serve, {env}: {rate:7.0f} img/s, GPU {gpu.mean:.0f}%")
-    finally:
-        server.terminate()
-        server.wait(60)
-        log.close()
+    with open(base / f"serve-{port}.log", "w") as log:
+        server = subprocess.Popen([sys.executable, "-m", "serve.server"], env=environment, stdout=log, stderr=log)
+        try:
+            measure(server, port, body, env)
+        finally:
+            server.terminate()
+            server.wait(60)
+
+
+def measure(server: subprocess.Popen, port: int, body: bytes, env: dict[str, str]) -> None:
+    """Once ``server`` answers /ping: img/s under 64 clients and the GPU's utilisation meanwhile."""
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                break
+        except OSError:
+            pass
+        time.sleep(0.5)
+    drive(port, body, seconds=3)  # warm
+    with Utilisation() as gpu:
+        rate = drive(port, body)
+    print(f"serve, {env}: {rate:7.0f} img/s, GPU {gpu.mean:.0f}%")
 
 
 def main() -> None:
