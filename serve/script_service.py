@@ -44,7 +44,7 @@ class ScriptService:
         started, self.context = time.perf_counter(), context
         import torch  # script mode runs on the PyTorch image only; the CPU image refuses it (serve.script_mode)
 
-        from serve import defaults
+        from serve import script_defaults
 
         model_dir = os.environ.get(MODEL_DIR_ENV) or model_dir
         use_gpu = gpu_id is not None and torch.cuda.is_available()
@@ -53,7 +53,7 @@ class ScriptService:
             torch.set_num_threads(settings.threads)
         site_dir = Path(os.environ[SITE_DIR_ENV]) if os.environ.get(SITE_DIR_ENV) else None
         self.user = user_module.load(Path(os.environ[CODE_DIR_ENV]), settings.program, site_dir)
-        self.defaults = defaults.Defaults(model_dir, settings, device)
+        self.defaults = script_defaults.Defaults(model_dir, settings, device)
         self.hooks = {name: self.user.get(name, getattr(self.defaults, name, None)) for name in user_module.HOOKS}
         self.default_accept = settings.default_accept or codecs.JSON
         if self.hooks["pre_model_fn"]:

@@ -3,7 +3,7 @@
 The contract is sagemaker-inference's ``Transformer``: the module may define ``model_fn``,
 ``input_fn``, ``predict_fn``, ``output_fn`` (or ``transform_fn`` instead of the last three),
 ``pre_model_fn`` and ``model_warmup_fn``; each may take the request context as one extra last
-argument. Whatever it leaves out is ours (``serve.defaults``). This module is only ever used
+argument. Whatever it leaves out is ours (``serve.script_defaults``). This module is only ever used
 when the deployer set ``SAGEMAKER_PROGRAM``: without it, nothing in the model folder is imported.
 """
 

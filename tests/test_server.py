@@ -161,7 +161,7 @@ def test_a_client_that_leaves_before_its_answer_gets_one_access_line_and_no_erro
 def test_the_workers_listen_on_private_sockets_and_no_java_frontend_runs(served):
     processes = psutil.Process(served.process.pid).children(recursive=True)
     commands = [" ".join(p.cmdline()) for p in processes]
-    assert not [c for c in commands if "com.amazonaws.ml.mms" in c]  # single model: no frontend on the path
+    assert not [c for c in commands if "com.amazonaws.ml.mms" in c]  # no Java frontend
     workers = [c for c in commands if "mms.model_service_worker" in c]
     assert workers, commands
     folder = Path(re.search(r"--sock-name (\S+)", workers[0]).group(1)).parent
