@@ -222,7 +222,8 @@ def parse_top_k(value) -> int | None:
 def read_answer_options(request: Request, accept: str | None, attributes: str | None) -> Request:
     """What the headers ask of the answer: ``top_k`` (custom attributes; the body's wins) and
     ``probabilities=all`` (custom attributes, or an Accept parameter)."""
-    request.top_k = request.top_k or top_k_from_attributes(attributes)
+    attribute_k = top_k_from_attributes(attributes)  # a bad one is a 400 even when the body has its own
+    request.top_k = request.top_k or attribute_k
     asked = [item.strip().replace(" ", "") for item in (attributes or "").split(",")]
     asked += [param.strip().replace(" ", "") for part in (accept or "").split(",") for param in part.split(";")[1:]]
     request.all_probabilities = "probabilities=all" in asked

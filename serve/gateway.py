@@ -272,6 +272,8 @@ class Gateway:
         self.admitted, self.admitted_bytes = self.admitted + 1, self.admitted_bytes + declared
         try:
             body = await exchange.body(self.settings.payload_limit, self.settings.timeout_seconds)
+            self.admitted_bytes += len(body) - declared  # a chunked body declared nothing: count what it held
+            declared = len(body)
             reply = await self.predict(model.pool, exchange, body, kind)
         finally:
             self.admitted, self.admitted_bytes = self.admitted - 1, self.admitted_bytes - declared

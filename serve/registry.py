@@ -87,8 +87,9 @@ class Registry:
         """Start ``folder``'s workers (in the background) and serve it as ``name``; a worker
         that cannot load is reported to ``on_failure(reason)``, by default the registry's."""
         count = self.settings.workers
-        gpus = [(self.next_gpu + i) % self.gpus for i in range(count)] if self.gpus else [-1] * count
-        self.next_gpu += count
+        with self.lock:  # round robin over the GPUs, across models as MMS did
+            gpus = [(self.next_gpu + i) % self.gpus for i in range(count)] if self.gpus else [-1] * count
+            self.next_gpu += count
         files = workers.ModelFiles(name, folder)
         batch = 1 if self.settings.program else self.settings.batch_size  # a user's script takes one at a time
         pool = workers.WorkerPool(files, self.scratch, gpus, self.settings.timeout_seconds, batch,
@@ -182,6 +183,11 @@ class Registry:
     def healthy(self) -> bool:
         """Every model's workers loaded and running (a multi-model endpoint with none is healthy)."""
         return all(model.pool.healthy() for model in list(self.models.values()))
+
+    def close_queues(self) -> None:
+        """Answer every queued request 503 (the server is stopping); batches in flight finish."""
+        for model in list(self.models.values()):
+            model.pool.queue.close()
 
     def stop(self, signum: int) -> None:
         for model in list(self.models.values()):

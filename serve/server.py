@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 import model_artifact
@@ -167,6 +168,7 @@ class Lifecycle:
         self.requested = False  # a signal asked for the stop
         self.failed = False
         self.listener: listener.Listener | None = None
+        self.registry: Registry | None = None
 
     def install(self) -> None:
         signal.signal(signal.SIGTERM, self._terminate)
@@ -186,6 +188,10 @@ class Lifecycle:
         if self.listener is None:
             sys.exit(0 if self.requested and not self.failed else 1)
         self.listener.stop()
+        if self.registry is not None:  # what is still queued then gets 503 before the grace ends
+            timer = threading.Timer(STOP_GRACE_SECONDS - 5, self.registry.close_queues)
+            timer.daemon = True
+            timer.start()
 
 
 def prepare(settings: Settings) -> tuple[ServerFolder, pwd.struct_passwd | None, Path | None]:
@@ -244,10 +250,13 @@ def open_registry(settings: Settings, folder: ServerFolder, lifecycle: Lifecycle
     """The models' registry; a worker that cannot load stops a single-model server, and
     unloads its model on a multi-model one (SageMaker loads it again on its next request)."""
 
-    def worker_failed(name: str, reason: str) -> None:
+    def worker_failed(name: str, reason: str) -> None:  # called from the failed worker's own thread
         if not settings.multi_model:
             return lifecycle.fail(f"{reason}: stopping")
         log.error("%s: unloading model %s", reason, name)
+        threading.Thread(target=unload, args=(name,), daemon=True).start()  # it waits for that thread
+
+    def unload(name: str) -> None:
         with contextlib.suppress(RegistryError):
             registry.remove(name)
 
@@ -292,7 +301,7 @@ def main() -> None:
     activate_script_mode(folder)
     if model_dir is not None:
         preflight(folder.script.model_dir if folder.script else model_dir, folder.scratch)
-    registry = open_registry(settings, folder, lifecycle)
+    registry = lifecycle.registry = open_registry(settings, folder, lifecycle)
     lifecycle.listener = listener.Listener(gateway.Gateway(settings, registry), settings, STOP_GRACE_SECONDS)
     become_subreaper()
     if model_dir is not None:  # a single-model endpoint; a multi-model one waits for POST /models

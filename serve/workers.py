@@ -297,7 +297,7 @@ class WorkerPool:
             try:
                 worker.start()
             except Exception as exc:  # WorkerError, or the OS refusing a process, a socket, a write
-                worker.kill()
+                self._end(worker)
                 self._fail(str(exc) if isinstance(exc, WorkerError) else f"{worker.label}: {exc!r}")
                 return
             if self.stopped.is_set():
@@ -306,14 +306,21 @@ class WorkerPool:
             log.info("%s ready (pid %d)", worker.label, worker.process.pid)
             reason = self._serve(worker)
             worker.ready = False
-            worker.kill()
-            worker.process.wait()
-            worker.clean_up()
+            self._end(worker)
             if self.stopped.is_set():
                 return
             log.warning("%s stopped (%s): starting a new one", worker.label, reason)
             time.sleep(RESTART_PAUSE)
+        self._end(worker)
+
+    @staticmethod
+    def _end(worker: Worker) -> None:
+        """Kill the worker's processes, reap them and remove its files."""
         worker.kill()
+        if worker.process is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.process.wait(30)
+        worker.clean_up()
 
     def _serve(self, worker: Worker) -> str:
         """Batches through ``worker`` until it fails or the pool stops; returns why it ended."""

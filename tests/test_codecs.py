@@ -202,3 +202,10 @@ def test_every_class_s_probability_in_class_order_when_asked(accept, attributes,
         assert [p["probabilities"] for p in answer["predictions"]] == [[0.1, 0.7, 0.2], [0.5, 0.25, 0.25]]
     else:
         assert "probabilities" not in first
+
+
+def test_a_bad_top_k_attribute_is_a_400_even_when_the_body_has_its_own():
+    with pytest.raises(RequestError) as err:
+        codecs.read_answer_options(codecs.Request([], top_k=2), None, "top_k=abc")
+    assert err.value.status == 400 and "top_k" in err.value.reason
+    assert codecs.read_answer_options(codecs.Request([], top_k=2), None, "top_k=3").top_k == 2  # the body's wins

@@ -344,3 +344,23 @@ def test_a_model_that_would_not_fit_in_memory_is_a_507_and_nothing_is_loaded(sma
         )
     finally:
         assert server.stop() < 30
+
+
+def test_a_model_whose_worker_cannot_be_replaced_is_unloaded_and_can_be_loaded_again(multi):
+    server, base = multi
+    url = str(base / "models" / "good" / "model")
+    assert register(server.port, model_name="good", url=url)[0] == 200
+    worker = next(p for p in psutil.Process(server.process.pid).children(recursive=True)
+                  if "model_service_worker" in " ".join(p.cmdline()))  # fmt: skip
+    staged = re.search(r"--model-path (\S+)", " ".join(worker.cmdline())).group(1)
+    shutil.rmtree(staged)  # its replacement cannot load the model
+    for child in worker.children():
+        child.kill()  # the process that holds the model, as the OOM killer would
+    deadline = time.monotonic() + 30
+    while request(server.port, "/models", method="GET")[1]["models"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert request(server.port, "/models", method="GET") == (200, {"models": []})
+    assert "unloading model good" in server.log
+    assert request(server.port, "/ping", method="GET")[0] == 200 and server.process.poll() is None
+    assert register(server.port, model_name="good", url=url)[0] == 200  # SageMaker loads it again
+    assert request(server.port, "/models/good/invoke", png_bytes(), **{"Content-Type": PNG})[0] == 200

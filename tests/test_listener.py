@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
+from pathlib import Path
 
 from serve import listener
 from tests.serving import free_port
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def test_connections_are_accepted_with_nagle_s_algorithm_off():
@@ -31,3 +34,20 @@ def test_connections_are_accepted_with_nagle_s_algorithm_off():
 
     asyncio.run(accept_one())
     assert seen and seen[0] != 0
+
+
+def test_the_uvicorn_internals_we_override_are_the_pinned_version_s():
+    """GatewayProtocol overrides methods of uvicorn's H11Protocol that are not its public API:
+    an upgrade fails here until they are read again (constraints.txt says why the pin)."""
+    import importlib.metadata
+    import inspect
+    import re
+
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    pinned = re.search(r"^uvicorn==(\S+)", (REPO / "constraints.txt").read_text(), re.MULTILINE).group(1)
+    assert importlib.metadata.version("uvicorn") == pinned == "0.54.0"
+    for name in ("send_400_response", "handle_events", "on_response_complete", "connection_made", "connection_lost"):
+        assert callable(getattr(H11Protocol, name))
+    assert "self.send_400_response(msg)" in inspect.getsource(H11Protocol.handle_events)
+    assert "self.conn.next_event()" in inspect.getsource(H11Protocol.handle_events)
