@@ -43,6 +43,7 @@ class BurstResult:
 
     statuses: collections.Counter = field(default_factory=collections.Counter)
     unanswered: int = 0  # requests whose connection ended before their answer
+    not_sent: int = 0  # requests a client did not send: the server closed after answering (a 503)
     no_retry_after: int = 0  # 503s without Retry-After
     latencies: list[float] = field(default_factory=list)  # seconds, answered requests
     seconds: float = 0.0
@@ -52,6 +53,7 @@ class BurstResult:
         p50 = statistics.median(self.latencies) * 1000 if self.latencies else 0
         p99 = sorted(self.latencies)[int(len(self.latencies) * 0.99) - 1] * 1000 if self.latencies else 0
         return (f"answers {counts or 'none'}; unanswered (reset or closed): {self.unanswered}; "
+                f"not sent after a closing answer: {self.not_sent}; "
                 f"503 without Retry-After: {self.no_retry_after}; p50 {p50:.0f} ms, p99 {p99:.0f} ms; "
                 f"{sum(self.statuses.values()) / self.seconds:.1f} answers/s over {self.seconds:.1f} s")  # fmt: skip
 
@@ -85,6 +87,7 @@ async def _client(host: str, port: int, requests: int, request: bytes, start: as
             if status == 503 and "retry-after" not in headers:
                 result.no_retry_after += 1
             if headers.get("connection", "").lower() == "close":
+                result.not_sent += requests - answered
                 break
     except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
         result.unanswered += requests - answered
