@@ -22,7 +22,6 @@ import contextlib
 import itertools
 import logging
 import os
-import select
 import signal
 import socket
 import subprocess
@@ -131,6 +130,7 @@ class Worker:
         self.index, self.model, self.scratch, self.gpu = index, model, scratch, gpu
         self.timeout, self.batch_size = timeout, batch_size
         self.generation, self.process, self.sock, self.reader, self.ready = 0, None, None, None, False
+        self.probe: socket.socket | None = None  # a non-blocking duplicate of ``sock`` (``alive``)
         self.child: int | None = None  # the process the listener forked for our connection
         self.killed = threading.Event()  # this generation's: its log is not relayed after it
         self.serial = next(_SERIALS)
@@ -142,7 +142,7 @@ class Worker:
     def start(self) -> None:
         """Start the process, connect, load the model; raises WorkerError if it fails."""
         self.generation += 1
-        self.killed, self.child = threading.Event(), None
+        self.killed, self.child, self.probe = threading.Event(), None, None
         path = self.scratch / f"{self.io_name}.sock"
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH" and not k.startswith("MMS_")}
         env |= {"TEMP": str(self.scratch), "TMPDIR": str(self.scratch), "HOME": str(self.scratch)}
@@ -165,6 +165,10 @@ class Worker:
         for fifo in self.fifos():  # the worker writes its log to these; they must be read
             threading.Thread(target=_relay_log, args=(fifo, self.killed), daemon=True).start()
         self.sock.settimeout(self.timeout)
+        # alive() peeks through a duplicate without a timeout: the socket's own recv waits up to
+        # the timeout for data (Python polls first), and /ping must never wait on the event loop
+        self.probe = self.sock.dup()
+        self.probe.settimeout(0)
         self.reader = reader
 
     def command(self, path: Path) -> list[str]:
@@ -212,18 +216,22 @@ class Worker:
             raise WorkerError(f"the worker's connection failed ({type(exc).__name__})") from None
 
     def alive(self) -> bool:
-        """Both processes running: the listener, and the forked one whose end closes our connection."""
-        if self.process is None or self.process.poll() is not None or self.sock is None:
+        """Both processes running: the listener, and the forked one whose end closes our
+        connection. Never waits (the event loop asks it for /ping)."""
+        if self.process is None or self.process.poll() is not None or self.probe is None:
             return False
         try:
-            readable = select.select([self.sock], [], [], 0)[0]
-            return not readable or self.sock.recv(1, socket.MSG_PEEK) != b""
+            return self.probe.recv(1, socket.MSG_PEEK) != b""  # b"": the connection ended
+        except BlockingIOError:
+            return True  # nothing to read: connected and idle
         except (OSError, ValueError):
             return False
 
     def kill(self, signum: int = signal.SIGKILL) -> None:
         """Signal the worker's processes; the forked one also sees its connection end and exits."""
         self.killed.set()
+        if self.probe is not None:
+            self.probe.close()
         if self.sock is not None:
             with contextlib.suppress(OSError):
                 self.sock.shutdown(socket.SHUT_RDWR)  # close() alone waits for the reader's file

@@ -205,3 +205,21 @@ def test_a_request_still_queued_at_its_deadline_answers_503_unpredicted(pool):
     late = ask(pool, png(), seconds=-1)
     assert isinstance(late, workers.WorkerError) and late.status == 503
     assert ask(pool, png()).status == 200
+
+
+def test_alive_never_reads_the_worker_s_own_socket_which_may_wait_up_to_the_timeout(pool):
+    """/ping asks alive() on the event loop: a recv on the worker's socket (which has the
+    timeout) could wait 60 s when the worker's thread takes the data first (it did, under load)."""
+
+    class Untouchable:
+        def __getattr__(self, name):
+            raise AssertionError(f"alive() used the worker's socket ({name})")
+
+    worker = pool.workers[0]
+    kept, worker.sock = worker.sock, Untouchable()
+    try:
+        started = time.monotonic()
+        assert worker.alive() and time.monotonic() - started < 0.1
+    finally:
+        worker.sock = kept
+    assert ask(pool, png()).status == 200
