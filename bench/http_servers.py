@@ -340,28 +340,21 @@ class Exchange:
 
 def read_until_quiet(sock: socket.socket, idle: float, cap: float) -> tuple[bytes, str]:
     """Read until EOF, reset, idle seconds without data or cap seconds in all."""
-    buf = bytearray()
-    deadline = time.monotonic() + cap
-    while (remaining := deadline - time.monotonic()) > 0:
-        sock.settimeout(min(idle, remaining))
-        try:
-            chunk = sock.recv(65536)
-        except TimeoutError:
-            return bytes(buf), "open"
-        except ConnectionResetError:
-            return bytes(buf), "reset"
-        if not chunk:
-            return bytes(buf), "close"
-        buf += chunk
-    return bytes(buf), "open"
+    return _read(sock, cap, idle, until=None)
 
 
 def read_head(sock: socket.socket, cap: float) -> tuple[bytes, str]:
     """Read until a blank line (one response head), EOF, reset or cap seconds."""
+    return _read(sock, cap, cap, until=b"\r\n\r\n")
+
+
+def _read(sock: socket.socket, cap: float, idle: float, until: bytes | None) -> tuple[bytes, str]:
+    """(what came, how it ended: "open", "close" or "reset") within ``cap`` seconds, waiting at
+    most ``idle`` for each piece, stopping early once ``until`` has arrived."""
     buf = bytearray()
     deadline = time.monotonic() + cap
-    while b"\r\n\r\n" not in buf and (remaining := deadline - time.monotonic()) > 0:
-        sock.settimeout(remaining)
+    while (until is None or until not in buf) and (remaining := deadline - time.monotonic()) > 0:
+        sock.settimeout(min(idle, remaining))
         try:
             chunk = sock.recv(65536)
         except TimeoutError:
