@@ -8,9 +8,10 @@ does not do the way an endpoint must are changed here, in ``GatewayProtocol``:
 
 - a malformed request gets uvicorn's plain-text 400; here it is our one-line JSON error;
 - a client may take as long as it likes to send a request's head, one byte at a time,
-  holding its connection; here the head (and the start of the next request on a kept-alive
-  connection) must arrive within ``SERVE_HEADER_TIMEOUT`` seconds, or the connection gets
-  408 (if it had started one) and is closed;
+  holding its connection; here a head must be complete within ``SERVE_HEADER_TIMEOUT``
+  seconds of its first byte, or the connection gets 408 and is closed; an idle kept-alive
+  connection is closed after the timeout (``SAGEMAKER_MODEL_SERVER_TIMEOUT_SECONDS``, 60 s),
+  longer than common clients' own idle limits, so that the client closes first;
 - connections over ``SERVE_MAX_CONNECTIONS`` get a 503 with ``Retry-After`` at once, rather
   than uvicorn's ``limit_concurrency`` answer (plain text, no ``Retry-After``).
 """
@@ -53,6 +54,7 @@ class GatewayProtocol(H11Protocol):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.head_timer: asyncio.TimerHandle | None = None
+        self.waiting_idle = False  # the timer is the idle one (no byte of the next request yet)
         self.parse_error = ""  # h11's reason for the last request it could not parse
         next_event = self.conn.next_event
 
@@ -73,6 +75,11 @@ class GatewayProtocol(H11Protocol):
             transport.close()
             return
         self._arm_head_timer()
+
+    def data_received(self, data: bytes) -> None:
+        if self.waiting_idle and (self.cycle is None or self.cycle.response_complete):
+            self._arm_head_timer(idle=False)  # a new request has begun: its head has the shorter limit
+        super().data_received(data)
 
     def handle_events(self) -> None:
         cycle = self.cycle
@@ -99,9 +106,13 @@ class GatewayProtocol(H11Protocol):
         line = quoted.group(2) if quoted else self.parse_error or msg
         logs.access_log.info('%s "%s" 400 0', (self.client or ("-",))[0], escaped(line))
 
-    def _arm_head_timer(self) -> None:
+    def _arm_head_timer(self, idle: bool = True) -> None:
+        """Wait for a request: idle (``idle``: the timeout, then a silent close), or for the
+        rest of a head that has begun (``SERVE_HEADER_TIMEOUT``, then 408)."""
         self._disarm_head_timer()
-        self.head_timer = self.loop.call_later(self.settings.header_timeout, self._head_timed_out)
+        self.waiting_idle = idle
+        seconds = self.settings.timeout_seconds if idle else self.settings.header_timeout
+        self.head_timer = self.loop.call_later(seconds, self._head_timed_out)
 
     def _disarm_head_timer(self) -> None:
         if getattr(self, "head_timer", None) is not None:
@@ -145,7 +156,7 @@ class Listener(uvicorn.Server):
     def __init__(self, app, settings: Settings, grace: float):
         config = uvicorn.Config(
             app, http=protocol_for(settings), lifespan="off", access_log=False, log_config=None,
-            server_header=False, timeout_keep_alive=settings.header_timeout, backlog=BACKLOG,
+            server_header=False, timeout_keep_alive=settings.timeout_seconds, backlog=BACKLOG,
             h11_max_incomplete_event_size=HEAD_LIMIT, timeout_graceful_shutdown=grace, ws="none",
         )  # fmt: skip
         super().__init__(config)

@@ -19,7 +19,7 @@ reader of SageMaker's serving variables (the server, its pre-flight and each MMS
 | SERVE_MAX_QUEUE | 1024 | requests admitted at once (queued or being predicted); more get 503 with Retry-After |
 | SERVE_MAX_QUEUE_MB | 256 | request bodies held at once, in MB; more get 503 with Retry-After |
 | SERVE_MAX_CONNECTIONS | 4096 | open client connections; a new one beyond it gets 503 with Retry-After |
-| SERVE_HEADER_TIMEOUT | 10 | seconds a client may take to send a request's headers, or to start its next one |
+| SERVE_HEADER_TIMEOUT | 10 | seconds a client may take to send a request's head, from its first byte |
 | SERVE_MEMORY_HEADROOM_MB | 256 | multi-model: a model whose load would leave less free gets 507 |
 | SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
 | SERVE_THREADS | CPUs / workers | intra-op threads of each CPU worker (old name: SERVE_TORCH_THREADS) |

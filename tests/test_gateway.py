@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import re
 import shutil
@@ -188,6 +189,20 @@ def test_slow_clients_hold_no_worker_and_a_trickled_head_is_cut_off(single):
     finally:
         trickler.close()
         slow_body.close()
+
+
+def test_an_idle_kept_alive_connection_outlives_the_header_timeout(single):
+    """Only a head that has begun has SERVE_HEADER_TIMEOUT (2 s here); an idle connection is kept
+    for the timeout, so that a client reusing it after a pause is not met by a closed socket."""
+    connection = http.client.HTTPConnection("127.0.0.1", single.port, timeout=10)
+    try:
+        for pause in (0, 3):
+            time.sleep(pause)
+            connection.request("GET", "/ping")  # http.client does not reconnect: a closed socket raises
+            response = connection.getresponse()
+            assert response.status == 200 and response.read() == b'{"status": "Healthy"}'
+    finally:
+        connection.close()
 
 
 def read_until_answer(sock: socket.socket) -> bytes:
