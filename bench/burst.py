@@ -25,16 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-
-def photo() -> bytes:
-    """A 500x375 JPEG, the typical size of a Caltech-256 photo."""
-    import io
-
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.effect_noise((500, 375), 40).convert("RGB").save(out, "JPEG", quality=90)
-    return out.getvalue()
+from bench.serve_runtimes import photo
 
 
 @dataclass

@@ -17,7 +17,6 @@ clients sending a 500x375 JPEG each, with ``SERVE_BATCH_SIZE=1`` and then the GP
 from __future__ import annotations
 
 import http.client
-import io
 import os
 import subprocess
 import sys
@@ -79,14 +78,6 @@ def artifact(folder: Path) -> Path:
     return model_artifact.save(folder / "model", net.state_dict(), meta, onnx=False)
 
 
-def photo() -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.effect_noise((500, 375), 40).convert("RGB").save(out, "JPEG", quality=90)
-    return out.getvalue()
-
-
 def drive(port: int, body: bytes, clients: int = 64, seconds: float = 20) -> float:
     """Images/s of ``clients`` keep-alive clients posting ``body`` for ``seconds``."""
     done, stop = [0] * clients, time.monotonic() + seconds
@@ -146,6 +137,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         base = Path(folder)
         artifact(base)
+        from bench.serve_runtimes import photo
+
         body = photo()
         for port, (batch, workers) in enumerate([("1", "1"), ("32", "1"), ("1", "4"), ("32", "4")], 18080):
             serve_once(base, body, port, {"SERVE_BATCH_SIZE": batch, "SAGEMAKER_MODEL_SERVER_WORKERS": workers})

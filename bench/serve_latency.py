@@ -15,6 +15,7 @@ the ratios of batching on against off from this same run; never asserts.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import random
 import statistics
@@ -27,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.fuzz import Container
-from bench.serve_runtimes import cpu_model, make_artifact, photo
+from bench.serve_runtimes import cpu_model, invoke, make_artifact, photo
 
 IMAGES = ("byoc-classifier-serving-cpu:latest", "byoc-classifier-serving-gpu:latest")
 CLIENTS = (1, 8, 32)
@@ -36,11 +37,7 @@ CLIENTS = (1, 8, 32)
 def post(connection: http.client.HTTPConnection, body: bytes) -> float:
     """Seconds for one answered request."""
     started = time.perf_counter()
-    connection.request("POST", "/invocations", body, {"Content-Type": "image/jpeg"})
-    response = connection.getresponse()
-    response.read()
-    if response.status != 200:
-        raise RuntimeError(f"/invocations answered {response.status}")
+    invoke(connection, body)
     return time.perf_counter() - started
 
 
@@ -125,20 +122,16 @@ def main() -> None:
     args = parser.parse_args()
     print(cpu_model())
     body = photo()
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, contextlib.ExitStack() as stack:
         model = make_artifact(Path(folder))
         started: dict[str, Container] = {}
-        try:
-            for label, image, env in servers(args, model):
-                container = Container(image, model, "4g", env | {"SERVE_THREADS": "2"}, network="host")
-                started[label] = container.__enter__()
-                subprocess.run(["docker", "update", "--cpus", "2", container.cid], capture_output=True, check=True)
-            for container in started.values():
-                container.wait_predicting()
-            results = measure(args, body, started)
-        finally:
-            for container in started.values():
-                container.__exit__(None, None, None)
+        for label, image, env in servers(args, model):
+            container = Container(image, model, "4g", env | {"SERVE_THREADS": "2"}, network="host")
+            started[label] = stack.enter_context(container)
+            subprocess.run(["docker", "update", "--cpus", "2", container.cid], capture_output=True, check=True)
+        for container in started.values():
+            container.wait_predicting()
+        results = measure(args, body, started)
     report(results)
 
 

@@ -34,7 +34,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from serve import codecs, logs, workers
 from serve.codecs import first_line
-from serve.mms import Job, Reply
+from serve.mms import Job, Reply, parse
 from serve.registry import PAGE_LIMIT, Registry, RegistryError
 from serve.settings import TRANSFORM_PAYLOAD_MB, Settings
 
@@ -104,9 +104,6 @@ class Exchange:
         raw = self.scope.get("raw_path") or self.path.encode()
         query = self.scope.get("query_string") or b""
         return raw.decode("latin-1") + ("?" + query.decode("latin-1") if query else "")
-
-    def header_list(self, name: bytes) -> list[bytes]:
-        return [value for key, value in self.raw if key.lower() == name]
 
     async def body(self, limit: int, timeout: float) -> bytes:
         """The whole body, at most ``limit`` bytes, within ``timeout`` seconds (413 or 408 and close)."""
@@ -254,7 +251,7 @@ class Gateway:
         return answer | ({"nextPageToken": token} if token else {})
 
     async def ping(self, exchange: Exchange) -> None:
-        healthy = self.registry.healthy() and (self.multi_model or self.registry.get("model") is not None)
+        healthy = self.registry.healthy()
         body = json.dumps({"status": "Healthy" if healthy else "Unhealthy"}).encode()
         await exchange.reply(200 if healthy else 503, body)
 
@@ -263,9 +260,7 @@ class Gateway:
         kind = codecs.media_type(exchange.headers.get("content-type"))
         if kind in FORM_TYPES:  # MMS's own form decoders would fail on them with a 500 echoing the body
             raise Refused(415, f"unsupported content type {kind!r}; send an image, application/json or jsonlines")
-        model = self._model(name) if self.multi_model else self.registry.get(name)
-        if model is None:
-            raise Refused(503, "the model is not loaded yet")
+        model = self._model(name)  # a single-model endpoint's is added before the port answers
         declared = await self.check_length(exchange)
         if self.admitted >= self.settings.max_queue or self.admitted_bytes + declared > self.queue_bytes:
             raise Refused(503, "the server is busy; try again", close=not exchange.body_done)
@@ -334,10 +329,10 @@ def _has_body(exchange: Exchange) -> bool:
 
 def check_framing(exchange: Exchange) -> None:
     """RFC 9112 §6.3: a body's length must be unambiguous; else 400 and the connection closes."""
-    lengths = {value.strip() for value in exchange.header_list(b"content-length")}
+    lengths = {value.strip() for key, value in exchange.raw if key.lower() == b"content-length"}
     if len(lengths) > 1:
         raise Refused(400, "conflicting Content-Length headers", close=True)
-    if lengths and exchange.header_list(b"transfer-encoding"):
+    if lengths and "transfer-encoding" in exchange.headers:
         raise Refused(400, "Content-Length and Transfer-Encoding together", close=True)
     size = sum(len(k) + len(v) for k, v in exchange.raw)
     if size > MAX_HEADER_BYTES:
@@ -361,8 +356,6 @@ def allow(exchange: Exchange, *methods: str) -> None:
 
 def mms_error(reply: Reply) -> str:
     """A worker's error answer as one line: ours (the handler's) as it is, MMS's reworded."""
-    from serve.mms import parse
-
     answer = parse(reply.body)
     if set(answer) == {"error", "status"}:
         return str(answer["error"])

@@ -235,10 +235,10 @@ def activate_script_mode(folder: ServerFolder) -> None:
         sys.exit(1)
 
 
-def load_settings() -> Settings:
+def load_settings(gpus: int) -> Settings:
     """The settings from the environment (a bad one stops ``serve`` with its name), logged."""
     try:
-        settings = Settings.from_env(gpu_count())
+        settings = Settings.from_env(gpus)
     except ValueError as exc:
         sys.exit(f"error: {exc}")
     logging.getLogger().setLevel(settings.log_level)
@@ -246,7 +246,7 @@ def load_settings() -> Settings:
     return settings
 
 
-def open_registry(settings: Settings, folder: ServerFolder, lifecycle: Lifecycle) -> Registry:
+def open_registry(settings: Settings, folder: ServerFolder, gpus: int, lifecycle: Lifecycle) -> Registry:
     """The models' registry; a worker that cannot load stops a single-model server, and
     unloads its model on a multi-model one (SageMaker loads it again on its next request)."""
 
@@ -260,7 +260,7 @@ def open_registry(settings: Settings, folder: ServerFolder, lifecycle: Lifecycle
         with contextlib.suppress(RegistryError):
             registry.remove(name)
 
-    registry = Registry(settings, folder.scratch, folder.models, gpu_count(), worker_failed)
+    registry = Registry(settings, folder.scratch, folder.models, gpus, worker_failed)
     return registry
 
 
@@ -290,7 +290,8 @@ def exit_status(lifecycle: Lifecycle) -> None:
 def main() -> None:
     """Serve ``/opt/ml/model`` (or the models SageMaker registers under ``/opt/ml/models``)."""
     logs.configure()
-    settings = load_settings()
+    gpus = gpu_count()
+    settings = load_settings(gpus)
     lifecycle = Lifecycle()
     lifecycle.install()
     raise_open_files_limit()
@@ -301,7 +302,7 @@ def main() -> None:
     activate_script_mode(folder)
     if model_dir is not None:
         preflight(folder.script.model_dir if folder.script else model_dir, folder.scratch)
-    registry = lifecycle.registry = open_registry(settings, folder, lifecycle)
+    registry = lifecycle.registry = open_registry(settings, folder, gpus, lifecycle)
     lifecycle.listener = listener.Listener(gateway.Gateway(settings, registry), settings, STOP_GRACE_SECONDS)
     become_subreaper()
     if model_dir is not None:  # a single-model endpoint; a multi-model one waits for POST /models

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from serve import mms
@@ -61,7 +61,6 @@ class Pending:
     answer: Callable[[Reply | WorkerError], None]
     deadline: float  # time.monotonic() after which it is answered 503 instead of predicted
     batchable: bool = False  # one image: it may share a forward pass with others
-    queued: float = field(default_factory=time.monotonic)
 
 
 class BatchQueue:
@@ -280,7 +279,6 @@ class WorkerPool:
 
     def __init__(self, model: ModelFiles, scratch: Path, gpus: list[int], timeout: float, batch_size: int,
                  delay_seconds: float):  # fmt: skip
-        self.model, self.timeout = model, timeout
         self.queue = BatchQueue(batch_size, delay_seconds)
         self.workers = [Worker(i, model, scratch, gpu, timeout, batch_size) for i, gpu in enumerate(gpus)]
         self.stopped = threading.Event()
