@@ -89,11 +89,16 @@ demo-host: venv ## The same training without Docker: `train` on the host, then c
 
 bench: images ## Print training throughput; serving latency and throughput (batching on/off, runtimes, a burst)
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/serve_runtimes.py
 	test -f build/demo/model/artifact.json || $(BIN)/python scripts/demo_host.py
 	$(BIN)/python bench/burst.py --image byoc-classifier-serving-cpu:latest --model build/demo/model --clients 512 --requests 4
 	$(BIN)/python bench/burst.py --image byoc-classifier-serving-cpu:latest --model build/demo/model --clients 1024 --requests 2
+
+.PHONY: bench-input
+bench-input: venv ## CPU ms per training image: the course's stock pipeline against ours (real photos from Debian's opencv-doc)
+	$(BIN)/python bench/input_pipeline.py
 
 # The HTTP servers bench/http_servers.py compares, pinned here, never in .venv or constraints.txt (only
 # uvicorn and h11, the chosen one, go in the images).

@@ -4,16 +4,20 @@ A model directory (SageMaker's ``/opt/ml/model``, tarred to model.tar.gz) holds:
 
 - ``model.pt``: the weights, a plain ``state_dict`` saved with ``torch.save`` and loaded
   with ``torch.load(weights_only=True)`` (no pickled code);
-- ``model.onnx``: the same network with a softmax, exported for ONNX Runtime (the CPU
-  serving image has no PyTorch); ``export-onnx`` adds it to artifacts written before;
+- ``model.onnx``: the same network with a softmax, for ONNX Runtime (the CPU serving image
+  has no PyTorch);
 - ``artifact.json``: format version, architecture, class names in index order,
   preprocessing, final metrics, library versions and the SHA-256 of ``model.pt`` and
-  ``model.onnx``.
+  ``model.onnx``;
+- ``code/``: ``inference.py`` for AWS's PyTorch inference container, with a copy of this module.
 
-This module also owns image decoding and the evaluation transform (torchvision's for
-training, ``ArrayTransform`` without torch for serving, equal bit for bit), so that the
-pixels a served image becomes are exactly the pixels training evaluated. It imports nothing
-from training code, and torch only inside the functions that need it.
+This module is the run-time side that serving, training and ``code/`` import: the format, the
+checked loader, image decoding, the evaluation transform (torchvision's for training,
+``ArrayTransform`` without torch for serving, equal bit for bit, so that the pixels a served
+image becomes are exactly the pixels training evaluated) and the request limits they share.
+Training writes the artifact (``train/artifact.py``: weights, ONNX export, ``export-onnx``) and
+``serve/portable_code.py`` writes ``code/``. It imports nothing from training code, and torch
+only inside the functions that need it.
 """
 
 from __future__ import annotations
@@ -24,12 +28,10 @@ import hashlib
 import io
 import json
 import os
-import platform
 import re
 import shutil
 import stat
-import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,6 +51,14 @@ OPTIONAL_FILES = (ONNX_FILE,)  # copied too where present (the CPU serving image
 ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+ONNX_TOLERANCE = 1e-4  # largest difference of a probability between model.onnx and model.pt (checked at export)
+
+# What one request may carry: the defaults of serving's settings (serve/settings.py) and of
+# code/inference.py; training refuses images over the same pixel cap (train/config.py).
+MAX_IMAGES = 64  # images per request (SERVE_MAX_IMAGES)
+MAX_IMAGE_PIXELS = 40_000_000  # pixels per image, checked before decoding (SERVE_MAX_PIXELS; max-image-pixels)
+MAX_REQUEST_PIXELS = 100_000_000  # pixels of all images of a request together (SERVE_MAX_REQUEST_PIXELS)
+DEFAULT_TOP_K = 5  # labels per image unless the request asks otherwise (SERVE_TOP_K)
 
 
 class ArtifactError(Exception):
@@ -89,19 +99,6 @@ class Metadata:
         return len(self.class_names)
 
 
-def library_versions() -> dict[str, str]:
-    """Versions that matter to reproduce or load the artifact."""
-    import torch
-    import torchvision
-
-    return {
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "pillow": Image.__version__,
-    }
-
-
 def display_name(label: str) -> str:
     """A class folder's name for people: ``001.ak47`` → ``ak47``; ``063.electric-guitar-101`` → ``electric guitar``.
 
@@ -121,101 +118,6 @@ def build_model(architecture: str, num_classes: int) -> torch.nn.Module:
         return torchvision.models.get_model(architecture, weights=None, num_classes=num_classes)
     except ValueError as exc:
         raise ArtifactError(f"unknown architecture {architecture!r}: {exc}") from exc
-
-
-def save(model_dir: str | os.PathLike, state_dict: dict[str, torch.Tensor], meta: Metadata, onnx: bool = True) -> Path:
-    """Write weights, ``model.onnx`` (unless ``onnx`` is false), then metadata with their
-    checksums into ``model_dir``."""
-    import torch
-
-    model_dir = Path(model_dir)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    weights = model_dir / WEIGHTS_FILE
-    cpu_state = {k: v.detach().cpu().contiguous() for k, v in state_dict.items()}
-    atomic_write(weights, lambda f: torch.save(cpu_state, f))
-    meta.weights_sha256 = _sha256(weights)
-    meta.onnx_sha256 = ""
-    (model_dir / ONNX_FILE).unlink(missing_ok=True)
-    if onnx:
-        model = build_model(meta.architecture, meta.num_classes)
-        model.load_state_dict(cpu_state)
-        meta.onnx_sha256 = export_onnx(model.eval(), meta.preprocessing, model_dir / ONNX_FILE)
-    meta.versions = meta.versions or library_versions()
-    write_metadata(model_dir, meta)
-    write_code(model_dir)
-    return model_dir
-
-
-def write_metadata(model_dir: str | os.PathLike, meta: Metadata) -> None:
-    """Write ``artifact.json`` atomically."""
-    text = json.dumps(asdict(meta), indent=2, sort_keys=True)
-    atomic_write(Path(model_dir) / METADATA_FILE, lambda f: f.write(text.encode()))
-
-
-def export_onnx(model: torch.nn.Module, prep: Preprocessing, path: Path) -> str:
-    """Export ``model`` followed by a softmax to ONNX at ``path`` (batch size free); returns its SHA-256.
-
-    The file is checked before it is kept: loaded by ONNX Runtime (where installed), its
-    probabilities for two inputs must equal PyTorch's within ``ONNX_TOLERANCE``."""
-    import torch
-
-    wrapped = torch.nn.Sequential(model, torch.nn.Softmax(dim=1)).eval()
-    example = torch.randn(2, 3, prep.image_size, prep.image_size, generator=torch.Generator().manual_seed(0))
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        _torch_onnx_export(wrapped, example, tmp)
-        _check_onnx(tmp, wrapped, example)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return _sha256(path)
-
-
-OPTIMIZE = False
-ONNX_TOLERANCE = 1e-4  # largest difference of a probability between PyTorch and ONNX Runtime
-
-
-def _torch_onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    """torch.export-based ONNX export (the legacy TorchScript exporter is deprecated), batch size free."""
-    import torch
-
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.inference_mode(False), torch.no_grad(), _quiet_exporter():
-        torch.onnx.export(
-            model, (example,), str(path), input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
-            dynamic_shapes=({0: batch},), dynamo=True, external_data=False, optimize=True, verbose=False,
-        )  # fmt: skip
-
-
-@contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter prints its progress to stdout: keep it out of the job's log unless it fails."""
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            yield
-    except Exception:
-        sys.stdout.write(out.getvalue())
-        raise
-
-
-def _check_onnx(path: Path, model: torch.nn.Module, example: torch.Tensor) -> None:
-    """Refuse an exported file whose answers differ from PyTorch's (skipped without onnxruntime)."""
-    try:
-        import onnxruntime
-    except ImportError:
-        return
-    import torch
-
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model(example).numpy()
-    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: example.numpy()})[0]
-    difference = float(np.abs(got - expected).max())
-    if difference > ONNX_TOLERANCE:
-        raise ArtifactError(f"the ONNX export differs from PyTorch by {difference:.2g} (> {ONNX_TOLERANCE}): not kept")
 
 
 def load_metadata(model_dir: str | os.PathLike) -> Metadata:
@@ -245,7 +147,7 @@ def verified_file(model_dir: str | os.PathLike, name: str, sha256: str) -> Path:
     path = Path(model_dir) / name
     if not path.is_file():
         raise ArtifactError(f"{path} not found")
-    if _sha256(path) != sha256:
+    if file_sha256(path) != sha256:
         raise ArtifactError(f"{path} does not match the checksum in {METADATA_FILE}")
     return path
 
@@ -339,20 +241,26 @@ def decode_image(
     """
     stream = io.BytesIO(source) if isinstance(source, bytes | bytearray) else source
     with Image.open(stream) as image:
-        if max_pixels and image.width * image.height > max_pixels:
-            raise Image.DecompressionBombError(
-                f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels} pixels"
-            )
-        if max_pixels and draft_size and _resized_pixels(image.size, draft_size) > max_pixels:
-            # a 200-byte 40000x1 PNG passes the cap above, but would resize to 2.6 billion pixels
-            raise Image.DecompressionBombError(
-                f"image of {image.width}x{image.height} pixels is too elongated: resized to {draft_size} pixels "
-                f"on its short side it would exceed the limit of {max_pixels} pixels"
-            )
+        check_size(image, max_pixels, draft_size)
         if draft_size and image.format == "JPEG":
             image.draft("RGB", (draft_size, draft_size))
         image.load()
         return to_rgb(image)
+
+
+def check_size(image: Image.Image, max_pixels: int | None, short_side: int | None = None) -> None:
+    """Refuse an opened (not yet decoded) image over ``max_pixels``, or one so elongated that
+    resizing its short side to ``short_side`` would exceed it; raises ``DecompressionBombError``."""
+    if max_pixels and image.width * image.height > max_pixels:
+        raise Image.DecompressionBombError(
+            f"image of {image.width}x{image.height} pixels exceeds the limit of {max_pixels} pixels"
+        )
+    if max_pixels and short_side and _resized_pixels(image.size, short_side) > max_pixels:
+        # a 200-byte 40000x1 PNG passes the cap above, but would resize to 2.6 billion pixels
+        raise Image.DecompressionBombError(
+            f"image of {image.width}x{image.height} pixels is too elongated: resized to {short_side} pixels "
+            f"on its short side it would exceed the limit of {max_pixels} pixels"
+        )
 
 
 def _resized_pixels(size: tuple[int, int], short_side: int) -> int:
@@ -361,20 +269,28 @@ def _resized_pixels(size: tuple[int, int], short_side: int) -> int:
     return short_side * round(long * short_side / short)
 
 
-def eval_transform(prep: Preprocessing) -> v2.Compose:
-    """RGB PIL image → normalized float tensor, exactly as evaluated in training."""
-    import torch
+def eval_pixels(prep: Preprocessing) -> v2.Compose:
+    """RGB PIL image → uint8 tensor (3, size, size): resize the short side, center-crop."""
     from torchvision.transforms import v2
 
-    return v2.Compose(
-        [
-            v2.Resize(prep.resize_size, antialias=True),
-            v2.CenterCrop(prep.image_size),
-            v2.PILToTensor(),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean=list(prep.mean), std=list(prep.std)),
-        ]
-    )
+    return v2.Compose([v2.Resize(prep.resize_size, antialias=True), v2.CenterCrop(prep.image_size), v2.PILToTensor()])
+
+
+def normalize(pixels: torch.Tensor, prep: Preprocessing) -> torch.Tensor:
+    """uint8 pixels (..., 3, H, W) → the model's float32 input, on the pixels' device; the
+    same operations as ``v2.ToDtype(scale=True)`` + ``v2.Normalize``, so equal bit for bit on the CPU."""
+    import torch
+    from torchvision.transforms.v2 import functional
+
+    scaled = functional.to_dtype(pixels, torch.float32, scale=True)
+    return functional.normalize(scaled, mean=list(prep.mean), std=list(prep.std))
+
+
+def eval_transform(prep: Preprocessing) -> v2.Compose:
+    """RGB PIL image → normalized float tensor, exactly as evaluated in training."""
+    from torchvision.transforms import v2
+
+    return v2.Compose([eval_pixels(prep), v2.Lambda(lambda pixels: normalize(pixels, prep))])
 
 
 class ArrayTransform:
@@ -423,7 +339,8 @@ class ArrayTransform:
         return out
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, as artifact.json records it."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -432,94 +349,16 @@ def _sha256(path: Path) -> str:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Write to a temporary file beside ``path``, fsync, then rename over it."""
+    """Write to a temporary file beside ``path``, fsync, then rename over it. On any failure
+    (``write`` raising included) the temporary file is removed and ``path`` is left as it was."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-CODE_DIR = "code"  # what AWS's inference containers import: code/inference.py and its modules
-# code/ file -> (package holding the source or None for this module's folder, source file name)
-CODE_FILES = {
-    "inference.py": ("serve", "portable_inference.py"),
-    "byoc_codecs.py": ("serve", "codecs.py"),
-    "model_artifact.py": (None, "model_artifact.py"),
-}
-
-
-def write_code(model_dir: str | os.PathLike) -> Path:
-    """Write ``code/`` so that the artifact serves unchanged on AWS's PyTorch inference
-    container: its ``inference.py`` and copies of the two modules it imports (no training
-    code). Our own image ignores the folder unless the deployer sets ``SAGEMAKER_PROGRAM``."""
-    import importlib.util
-
-    code = Path(model_dir) / CODE_DIR
-    code.mkdir(exist_ok=True)
-    spec = importlib.util.find_spec("serve")
-    if spec is None or not spec.submodule_search_locations:
-        raise ArtifactError("the serve package is not installed: cannot write code/inference.py")
-    folders = {"serve": Path(next(iter(spec.submodule_search_locations))), None: Path(__file__).resolve().parent}
-    for name, (package, source) in CODE_FILES.items():
-        data = (folders[package] / source).read_bytes()
-        atomic_write(code / name, lambda f, data=data: f.write(data))
-    return code
-
-
-def add_onnx(model_dir: str | os.PathLike) -> Metadata:
-    """Export ``model.onnx`` into an artifact written without one (or replace it), and record
-    its checksum in artifact.json; the weights are verified first and left as they are."""
-    model, meta = load(model_dir)
-    meta.onnx_sha256 = export_onnx(model, meta.preprocessing, Path(model_dir) / ONNX_FILE)
-    write_metadata(model_dir, meta)
-    write_code(model_dir)
-    return meta
-
-
-def add_onnx_to_tarball(tarball: Path) -> Metadata:
-    """``add_onnx`` for a ``model.tar.gz``: unpacked into a temporary folder, repacked in place."""
-    import tarfile
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        try:
-            with tarfile.open(tarball) as archive:
-                archive.extractall(tmp, filter="data")  # no links out, no devices, no absolute paths
-        except tarfile.ReadError as exc:
-            raise ArtifactError("neither a model folder nor a readable tar archive (model.tar.gz)") from exc
-        except tarfile.TarError as exc:  # tarfile.FilterError: a link out, an absolute path, a device
-            raise ArtifactError(f"refused to unpack: {exc}") from exc
-        if not (Path(tmp) / METADATA_FILE).is_file():
-            raise ArtifactError(f"{METADATA_FILE} not found in {tarball.name}: is it a model trained by this project?")
-        meta = add_onnx(tmp)
-        repacked = tarball.with_name(f".{tarball.name}.tmp-{os.getpid()}")
-        # weights hardly compress: gzip level 1 is 0.3% larger than level 9, in half the time
-        with tarfile.open(repacked, "w:gz", compresslevel=1) as archive:
-            for item in sorted(Path(tmp).iterdir()):
-                archive.add(item, arcname=item.name)
-        os.replace(repacked, tarball)
-    return meta
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``export-onnx MODEL ...``: add model.onnx to model folders or model.tar.gz files written before."""
-    import argparse
-
-    parser = argparse.ArgumentParser(prog="export-onnx", description=main.__doc__)
-    parser.add_argument("models", nargs="+", type=Path, help="a model folder (with artifact.json) or a model.tar.gz")
-    status = 0
-    for path in parser.parse_args(argv).models:
-        try:
-            meta = add_onnx_to_tarball(path) if path.is_file() else add_onnx(path)
-            summary = f"{meta.architecture}, {meta.num_classes} classes, sha256 {meta.onnx_sha256[:12]}"
-            print(f"{path}: {ONNX_FILE} written ({summary})")
-        except (ArtifactError, OSError, EOFError, ValueError) as exc:
-            print(f"{path}: {exc}", file=sys.stderr)
-            status = 1
-    return status
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise

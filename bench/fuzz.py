@@ -49,6 +49,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import model_artifact
 from bench.serve_process import free_port
 
 MB = 1024 * 1024
@@ -83,8 +84,8 @@ class Limits:
     """The serving limits the container is started with (and the payloads aim at)."""
 
     max_payload_mb: int = 6
-    max_images: int = 64
-    max_pixels: int = 40_000_000
+    max_images: int = model_artifact.MAX_IMAGES
+    max_pixels: int = model_artifact.MAX_IMAGE_PIXELS
 
     @property
     def max_payload(self) -> int:
@@ -1085,8 +1086,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory", default="2g", help="docker run -m (and --memory-swap)")
     parser.add_argument("--network", choices=["bridge", "host"], default="bridge")
     parser.add_argument("--max-payload-mb", type=int, default=6)
-    parser.add_argument("--max-images", type=int, default=64)
-    parser.add_argument("--max-pixels", type=int, default=40_000_000)
+    parser.add_argument("--max-images", type=int, default=model_artifact.MAX_IMAGES)
+    parser.add_argument("--max-pixels", type=int, default=model_artifact.MAX_IMAGE_PIXELS)
     parser.add_argument("--max-seconds", type=float, default=3600, help="stop sending after this long")
     parser.add_argument("--skip", nargs="*", default=[], choices=list(CATEGORIES), help="categories to leave out")
     parser.add_argument("--bursts", type=int, default=0, help="rounds of 8 worst-case requests at once, afterwards")

@@ -70,12 +70,13 @@ def artifact(folder: Path) -> Path:
     import torch
 
     import model_artifact
+    from train.artifact import save
 
     torch.manual_seed(0)
     net = model_artifact.build_model("resnet18", 257)
     meta = model_artifact.Metadata("resnet18", [f"c{i}" for i in range(257)],
                                    model_artifact.Preprocessing.for_image_size(224))  # fmt: skip
-    return model_artifact.save(folder / "model", net.state_dict(), meta, onnx=False)
+    return save(folder / "model", net.state_dict(), meta, onnx=False)
 
 
 def drive(port: int, body: bytes, clients: int = 64, seconds: float = 20) -> float:

@@ -3,7 +3,7 @@
     python bench/serve_runtimes.py [--requests 120] [--clients 8] [--starts 3] [--host]
                                    [--images GPU_IMAGE CPU_IMAGE]
 
-Builds a seeded resnet18 (224 px, 257 classes) with ``model_artifact.save`` (model.pt and
+Builds a seeded resnet18 (224 px, 257 classes) with ``train.artifact.save`` (model.pt and
 model.onnx) and serves it with each runtime: the GPU serving image (eager PyTorch on a host
 without a GPU) and the CPU serving image (ONNX Runtime), under ``--cpus 2``; with ``--host``,
 this venv's ``serve`` with SERVE_RUNTIME=torch and onnx. Times start to the first 200 of
@@ -41,6 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import model_artifact
+from train import artifact
 
 IMAGES = ("byoc-classifier-serving-gpu:latest", "byoc-classifier-serving-cpu:latest")
 RUNTIMES = ("torch", "onnx")  # what each image runs on a host without a GPU
@@ -62,7 +63,7 @@ def make_artifact(base: Path) -> Path:
     meta = model_artifact.Metadata(
         "resnet18", [f"class {i}" for i in range(257)], model_artifact.Preprocessing.for_image_size(224)
     )
-    model = model_artifact.save(base / "model", net.state_dict(), meta)
+    model = artifact.save(base / "model", net.state_dict(), meta)
     for path in [base, model, *model.rglob("*")]:  # the container serves as an unprivileged user
         path.chmod(0o755 if path.is_dir() else 0o644)
     return model

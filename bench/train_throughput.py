@@ -24,7 +24,8 @@ def step_throughput(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor,
     SGD step) on the CPU, channels_last as training's default, after one warm-up step."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    step = loop.Step(model, model, nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), dtype, True)
+    prep = model_artifact.Preprocessing.for_image_size(batch.shape[-1])
+    step = loop.Step(model, model, nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), dtype, True, prep)
     timings = []
     for _ in range(steps + 1):
         start = time.perf_counter()
@@ -40,7 +41,7 @@ def loader_throughput(workers: int, image_size: int, batch_size: int) -> float:
         folders = sorted(p.name for p in (Path(tmp) / "training").iterdir())
         samples = data.scan(Path(tmp) / "training", folders, "training")
         prep = model_artifact.Preprocessing.for_image_size(image_size)
-        dataset = data.ImageDataset(samples, data.train_transform(prep), prep.resize_size)
+        dataset = data.ImageDataset(samples, data.TrainCrop(prep))
         sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
         loader = data.make_loader(dataset, sampler, batch_size, workers, True, False)
         next(iter(loader))  # start the workers
@@ -59,7 +60,8 @@ def main_cli() -> None:
     args = parser.parse_args()
     torch.manual_seed(0)
     model = model_artifact.build_model(args.model, 257).to(memory_format=torch.channels_last)
-    batch = torch.randn(args.batch_size, 3, args.image_size, args.image_size).to(memory_format=torch.channels_last)
+    batch = torch.randint(0, 256, (args.batch_size, 3, args.image_size, args.image_size), dtype=torch.uint8)
+    batch = batch.contiguous(memory_format=torch.channels_last)  # as the loader delivers it: uint8
     labels = torch.randint(0, 257, (args.batch_size,))
     print(
         f"cpu: {torch.get_num_threads()} threads, capability {torch.backends.cpu.get_cpu_capability()}, "

@@ -10,5 +10,5 @@ deployer's own ``inference.py``): ``script_mode`` (the server stages and prepare
 ``user_module`` (imports and calls it), ``script_defaults`` (our pipeline as
 ``model_fn``/``input_fn``/``predict_fn``/``output_fn``), ``script_service`` (the workers'
 service). ``portable_inference`` is the ``code/inference.py`` that every artifact carries for
-AWS's PyTorch inference container.
+AWS's PyTorch inference container; ``portable_code`` writes that ``code/`` folder (training calls it).
 """

@@ -58,10 +58,10 @@ def model_fn(model_dir: str) -> torch.nn.Module:
     prep = meta.preprocessing
     _loaded["meta"] = meta
     _loaded["options"] = codecs.DecodeOptions(
-        _setting("SERVE_MAX_IMAGES", 64),
-        _setting("SERVE_MAX_PIXELS", 40_000_000),
+        _setting("SERVE_MAX_IMAGES", model_artifact.MAX_IMAGES),
+        _setting("SERVE_MAX_PIXELS", model_artifact.MAX_IMAGE_PIXELS),
         prep.resize_size,
-        _setting("SERVE_MAX_REQUEST_PIXELS", 100_000_000),
+        _setting("SERVE_MAX_REQUEST_PIXELS", model_artifact.MAX_REQUEST_PIXELS),
         prepare=model_artifact.eval_transform(prep),
     )
     return model
@@ -90,5 +90,6 @@ def output_fn(prediction: tuple[codecs.Request, torch.Tensor], accept: str) -> t
     with _client_errors():
         if request.lines is None:  # the container turns a missing Accept into JSON
             codecs.check_accept(accept)
-        body = codecs.encode_response(request, probabilities, _loaded["meta"].class_names, _setting("SERVE_TOP_K", 5))
+        top_k = _setting("SERVE_TOP_K", model_artifact.DEFAULT_TOP_K)
+        body = codecs.encode_response(request, probabilities, _loaded["meta"].class_names, top_k)
     return body, request.media_type

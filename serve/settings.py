@@ -39,6 +39,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import model_artifact
 from common.cpus import available_cpus
 
 
@@ -142,10 +143,10 @@ class Settings:
             timeout_seconds=timeout_seconds(),
             max_payload_mb=_int("SAGEMAKER_MAX_PAYLOAD_IN_MB", 6, low=0, high=1024),
             multi_model=os.environ.get("SAGEMAKER_MULTI_MODEL", "false").strip().lower() == "true",
-            top_k=_int("SERVE_TOP_K", 5),
-            max_images=_int("SERVE_MAX_IMAGES", 64),
-            max_pixels=_int("SERVE_MAX_PIXELS", 40_000_000),
-            max_request_pixels=_int("SERVE_MAX_REQUEST_PIXELS", 100_000_000),
+            top_k=_int("SERVE_TOP_K", model_artifact.DEFAULT_TOP_K),
+            max_images=_int("SERVE_MAX_IMAGES", model_artifact.MAX_IMAGES),
+            max_pixels=_int("SERVE_MAX_PIXELS", model_artifact.MAX_IMAGE_PIXELS),
+            max_request_pixels=_int("SERVE_MAX_REQUEST_PIXELS", model_artifact.MAX_REQUEST_PIXELS),
             max_connections=_int("SERVE_MAX_CONNECTIONS", 4096),
             max_queue=_int("SERVE_MAX_QUEUE", 1024),
             max_queue_mb=_int("SERVE_MAX_QUEUE_MB", 256),

@@ -103,12 +103,13 @@ def small_model(tmp_path_factory) -> Path:
     import torch
 
     import model_artifact
+    from train import artifact
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("small") / "model"
     net = model_artifact.build_model("resnet18", 3)
     prep = model_artifact.Preprocessing.for_image_size(32)
-    model_artifact.save(path, net.state_dict(), model_artifact.Metadata("resnet18", ["ant", "bee", "cat"], prep))
+    artifact.save(path, net.state_dict(), model_artifact.Metadata("resnet18", ["ant", "bee", "cat"], prep))
     return path
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import model_artifact
 from train import checkpoint, loop
 from train.failure import TrainingError
 from train.progress import Meter
@@ -59,22 +60,24 @@ def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path):
 
 
 def _step() -> loop.Step:
-    net = torch.nn.Linear(3, 2)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3, 2))
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    return loop.Step(net, net, torch.nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), None, False)
+    prep = model_artifact.Preprocessing.for_image_size(1)
+    return loop.Step(net, net, torch.nn.CrossEntropyLoss(), optimizer, scaler, torch.device("cpu"), None, False, prep)
 
 
 def test_a_resumable_state_comes_back_into_a_fresh_step(tmp_path):
     saved = _step()
-    loop.train_step(saved, torch.randn(4, 3), torch.tensor([0, 1, 0, 1]))  # momentum buffers to keep
+    pixels = torch.randint(0, 256, (4, 3, 1, 1), dtype=torch.uint8)
+    loop.train_step(saved, pixels, torch.tensor([0, 1, 0, 1]))  # momentum buffers to keep
     meter = Meter(loss_sum=3.0, correct=2, seen=4, batches=1)
     record = checkpoint.Record([{"epoch": 1}], {"epoch": 1, "score": 0.5})
     checkpoint.save_resumable(tmp_path, IDENTITY, 1, meter, saved, record)
     fresh = _step()
     epoch, resumed_meter, resumed_record = checkpoint.resume(tmp_path, IDENTITY, fresh, is_main=True)
     assert epoch == 1 and resumed_meter == meter and resumed_record == record
-    assert torch.equal(fresh.net.weight, saved.net.weight)
+    assert torch.equal(fresh.net[1].weight, saved.net[1].weight)
     kept, restored = saved.optimizer.state_dict()["state"], fresh.optimizer.state_dict()["state"]
     assert kept and all(torch.equal(restored[i]["momentum_buffer"], kept[i]["momentum_buffer"]) for i in kept)
     assert checkpoint.resume(tmp_path / "none", IDENTITY, fresh, is_main=True) is None

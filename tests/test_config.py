@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
+from PIL import Image
 from sagemaker_training import environment, mapping
 
+from tests.conftest import failure_text, make_job, run_train
 from train import config
 from train.config import ConfigError, parse_hyperparameters
 
@@ -147,3 +151,127 @@ def test_a_malformed_checkpointconfig_is_a_readable_failure(tmp_path):
 )
 def test_log_level_from_the_variable_or_the_sdk_hyperparameter(env, level):
     assert config.log_level(env) == level
+
+
+# --- input modes (inputdataconfig.json) ---------------------------------------------------
+
+
+def _job_config(base, channels: dict | None, hosts: int = 1):
+    """input/config with ``channels`` as inputdataconfig.json (None: no such file) and ``hosts`` hosts."""
+    folder = base / "input" / "config"
+    folder.mkdir(parents=True, exist_ok=True)
+    hosts_list = [f"algo-{i + 1}" for i in range(hosts)]
+    (folder / "resourceconfig.json").write_text(json.dumps({"current_host": "algo-1", "hosts": hosts_list}))
+    if channels is not None:
+        (folder / "inputdataconfig.json").write_text(json.dumps(channels))
+    return base
+
+
+def _refusal(base) -> str:
+    with pytest.raises(config.TrainingError) as err:
+        config.check_input_modes(base)
+    message = str(err.value)
+    assert "\n" not in message and len(message) <= 1024
+    return message
+
+
+@pytest.mark.parametrize("channel", ["training", "validation", "test", "pretrained"])
+def test_pipe_mode_is_refused_naming_file_and_fastfile(tmp_path, channel):
+    channels = {"training": {"TrainingInputMode": "File"}, channel: {"TrainingInputMode": "Pipe"}}
+    message = _refusal(_job_config(tmp_path, channels))
+    assert f"channel {channel!r} is in Pipe mode" in message
+    assert "use TrainingInputMode File or FastFile" in message and 'input_mode="FastFile"' in message
+
+
+@pytest.mark.parametrize(
+    "channels,hosts",
+    [
+        (None, 1),  # no inputdataconfig.json (e.g. a hand-made SAGEMAKER_BASE_DIR)
+        ({"training": {}, "validation": {}}, 2),  # keys missing, as scripts/demo_host.py writes them
+        ({"training": {"TrainingInputMode": "FastFile", "S3DistributionType": "FullyReplicated"}}, 2),
+        ({"training": {"TrainingInputMode": "File", "S3DistributionType": "ShardedByS3Key"}}, 1),
+        ({"training": {"TrainingInputMode": "File"}, "extra": {"TrainingInputMode": "Pipe"}}, 1),  # not read
+        ({"training": {}, "extra": {"S3DistributionType": "ShardedByS3Key"}}, 2),
+    ],
+    ids=["no-file", "keys-missing", "fastfile", "sharded-one-host", "pipe-unread-channel", "sharded-unread-channel"],
+)
+def test_accepted_input_configurations(tmp_path, channels, hosts):
+    base = _job_config(tmp_path, channels, hosts)
+    assert config.check_input_modes(base) is None
+    assert config.host_count(base / "input" / "config") == hosts
+
+
+@pytest.mark.parametrize("channel", ["training", "validation", "test"])
+def test_sharded_data_across_hosts_is_refused(tmp_path, channel):
+    channels = {"training": {}, channel: {"TrainingInputMode": "FastFile", "S3DistributionType": "ShardedByS3Key"}}
+    message = _refusal(_job_config(tmp_path, channels, hosts=2))
+    assert f"channel {channel!r} is ShardedByS3Key across 2 hosts" in message
+    assert "every host must see every class and the same file list" in message
+    assert "use S3DistributionType FullyReplicated" in message
+
+
+def test_sharded_pretrained_weights_across_hosts_are_refused(tmp_path):
+    channels = {"training": {}, "pretrained": {"S3DistributionType": "ShardedByS3Key"}}
+    message = _refusal(_job_config(tmp_path, channels, hosts=3))
+    assert "channel 'pretrained' is ShardedByS3Key across 3 hosts" in message and "same weights" in message
+
+
+@pytest.mark.parametrize(
+    "text,words",
+    [
+        ('{"training": {"TrainingInputMode": "File"', "inputdataconfig.json is not valid JSON: Expecting"),
+        ("\xff\xfe", "inputdataconfig.json is not valid JSON"),
+        ('["training"]', "inputdataconfig.json is not a JSON object"),
+        ('{"training": "File"}', "inputdataconfig.json: channel 'training' is not a JSON object"),
+    ],
+    ids=["truncated", "not-text", "a-list", "channel-not-an-object"],
+)
+def test_a_malformed_inputdataconfig_is_refused_in_one_line(tmp_path, text, words):
+    base = _job_config(tmp_path, {})
+    (base / "input" / "config" / "inputdataconfig.json").write_bytes(text.encode("latin-1"))
+    assert words in _refusal(base)
+
+
+def _tiny_dataset(root):
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (24, 24), (i * 60, 80 if name == "a" else 0, 0)).save(root / name / f"{i}.jpg")
+    return root
+
+
+TINY = {"pretrained": "false", "image-size": "16", "epochs": "1", "batch-size": "2", "num-workers": "0"}
+
+
+@pytest.mark.slow
+def test_pipe_mode_job_writes_the_failure_file(tmp_path):
+    """Through the real ``train`` executable: Pipe gives a FIFO ``training_0`` and no folder."""
+    base = make_job(tmp_path / "job", {}, TINY)
+    (base / "input" / "config" / "inputdataconfig.json").write_text(
+        json.dumps({"training": {"TrainingInputMode": "Pipe"}})
+    )
+    os.mkfifo(base / "input" / "data" / "training_0")
+    result = run_train(base, timeout=180)
+    assert result.returncode != 0
+    reason = failure_text(base)
+    assert reason.startswith("channel 'training' is in Pipe mode"), result.stdout[-3000:]
+    assert "File or FastFile" in reason and reason.count("\n") == 1 and "Traceback" not in reason
+
+
+@pytest.mark.slow
+def test_a_fastfile_channel_trains_as_a_folder(tmp_path):
+    """FastFile mounts S3 as a folder: the job trains from it like File (and ignores an unread Pipe channel)."""
+    base = make_job(tmp_path / "job", {"training": _tiny_dataset(tmp_path / "data")}, TINY | {"val-split": "0.34"})
+    modes = {"training": {"TrainingInputMode": "FastFile", "S3DistributionType": "FullyReplicated"}}
+    modes["extra"] = {"TrainingInputMode": "Pipe"}
+    (base / "input" / "config" / "inputdataconfig.json").write_text(json.dumps(modes))
+    result = run_train(base, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (base / "output" / "success").exists() and not (base / "output" / "failure").exists()
+    assert "train 4, validation 2," in result.stdout
+    assert (base / "model" / "artifact.json").is_file()
+
+
+def test_scratch_space_is_sagemakers_tmp_or_inside_the_base_dir(tmp_path):
+    assert config.scratch_dir(Path("/opt/ml")) == Path("/tmp")  # SageMaker's documented scratch path
+    assert config.scratch_dir(tmp_path) == tmp_path / "tmp"  # jobs side by side on one machine keep apart

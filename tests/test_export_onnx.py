@@ -1,5 +1,5 @@
-"""model.onnx in the artifact: ``export-onnx`` upgrades artifacts written before, checksums,
-``save(onnx=False)``, ``copy_files`` and old artifact.json files."""
+"""model.onnx in the artifact: ``export-onnx`` (``train.artifact.main``) upgrades artifacts written
+before, checksums, ``save(onnx=False)``, ``copy_files`` and old artifact.json files."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ import torch
 
 import model_artifact
 from model_artifact import ArtifactError, Metadata, Preprocessing
+from serve.portable_code import CODE_DIR
+from train import artifact
 
 CLASSES = ["ant", "bee", "cat"]
 EXPORT_ONNX = Path(sys.executable).parent / "export-onnx"
@@ -26,14 +28,12 @@ def write_old(path: Path) -> Path:
     """An artifact as written before ONNX export: no model.onnx, no onnx_sha256 in artifact.json."""
     torch.manual_seed(0)
     net = model_artifact.build_model("resnet18", len(CLASSES))
-    model_artifact.save(
-        path, net.state_dict(), Metadata("resnet18", CLASSES, Preprocessing.for_image_size(32)), onnx=False
-    )
+    artifact.save(path, net.state_dict(), Metadata("resnet18", CLASSES, Preprocessing.for_image_size(32)), onnx=False)
     meta_path = path / model_artifact.METADATA_FILE
     raw = json.loads(meta_path.read_text())
     del raw["onnx_sha256"]
     meta_path.write_text(json.dumps(raw, indent=2, sort_keys=True))
-    shutil.rmtree(path / model_artifact.CODE_DIR)
+    shutil.rmtree(path / CODE_DIR)
     return path
 
 
@@ -48,7 +48,7 @@ def onnx_template(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("new") / "model"
     net = model_artifact.build_model("resnet18", len(CLASSES))
-    model_artifact.save(path, net.state_dict(), Metadata("resnet18", CLASSES, Preprocessing.for_image_size(32)))
+    artifact.save(path, net.state_dict(), Metadata("resnet18", CLASSES, Preprocessing.for_image_size(32)))
     return path
 
 
@@ -110,7 +110,7 @@ def test_old_artifact_json_still_loads(old):
 def test_export_onnx_upgrades_a_model_folder(old, capsys):
     weights_before = (old / model_artifact.WEIGHTS_FILE).read_bytes()
     before = model_artifact.load_metadata(old)
-    assert model_artifact.main([str(old)]) == 0
+    assert artifact.main([str(old)]) == 0
     out, err = capsys.readouterr()
     assert out.splitlines() == [out.strip()] and "model.onnx written (resnet18, 3 classes, sha256 " in out
     assert err == ""
@@ -118,7 +118,7 @@ def test_export_onnx_upgrades_a_model_folder(old, capsys):
     assert len(meta.onnx_sha256) == 64 and meta.onnx_sha256[:12] in out
     assert meta.weights_sha256 == before.weights_sha256 and meta.preprocessing == before.preprocessing
     assert (old / model_artifact.WEIGHTS_FILE).read_bytes() == weights_before
-    assert (old / model_artifact.CODE_DIR / "inference.py").is_file()
+    assert (old / CODE_DIR / "inference.py").is_file()
     assert not [p.name for p in old.iterdir() if ".tmp-" in p.name]  # no temporary file left behind
     assert_serves_with_onnx(old)
 
@@ -126,7 +126,7 @@ def test_export_onnx_upgrades_a_model_folder(old, capsys):
 @pytest.mark.slow
 def test_export_onnx_upgrades_a_tarball(old, tmp_path, capsys):
     tarball = tarball_of(old, tmp_path / "model.tar.gz")
-    assert model_artifact.main([str(tarball)]) == 0
+    assert artifact.main([str(tarball)]) == 0
     assert "model.onnx written" in capsys.readouterr().out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.tar.gz", "old"]  # repacked in place
     extracted = tmp_path / "extracted"
@@ -193,7 +193,7 @@ def test_export_onnx_refuses_with_one_line(old, tmp_path, capsys, make, name, me
     (tmp_path / "in").mkdir()
     target = make(tmp_path / "in" / name, old)
     before = snapshot(tmp_path / "in")
-    assert model_artifact.main([str(target)]) == 1
+    assert artifact.main([str(target)]) == 1
     out, err = capsys.readouterr()
     assert out == "" and len(err.splitlines()) == 1 and err.startswith(f"{target}: ") and message in err
     assert snapshot(tmp_path / "in") == before
@@ -202,24 +202,40 @@ def test_export_onnx_refuses_with_one_line(old, tmp_path, capsys, make, name, me
 @pytest.mark.slow
 def test_export_onnx_goes_on_after_a_failure(old, tmp_path, capsys):
     """One bad path among several: the others are upgraded, the status is 1."""
-    assert model_artifact.main([str(tmp_path / "nowhere"), str(old)]) == 1
+    assert artifact.main([str(tmp_path / "nowhere"), str(old)]) == 1
     out, err = capsys.readouterr()
     assert len(out.splitlines()) == 1 and len(err.splitlines()) == 1
     assert model_artifact.onnx_path(old, model_artifact.load_metadata(old)).is_file()
 
 
+def test_a_failed_repack_leaves_the_tarball_as_it_was(old, tmp_path, capsys, monkeypatch):
+    """A repack that fails half-way (a full disk) leaves model.tar.gz unchanged and no temporary file."""
+
+    def full_disk(folder, out):
+        out.write(b"half a tarball")
+        raise OSError(28, "No space left on device")
+
+    (tmp_path / "in").mkdir()
+    tarball = tarball_of(old, tmp_path / "in" / "model.tar.gz")
+    before = snapshot(tmp_path / "in")
+    monkeypatch.setattr(artifact, "_pack", full_disk)
+    assert artifact.main([str(tarball)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert snapshot(tmp_path / "in") == before
+
+
 def test_export_onnx_refuses_tampered_weights(old, capsys):
     with open(old / model_artifact.WEIGHTS_FILE, "ab") as f:
         f.write(b"x")
-    assert model_artifact.main([str(old)]) == 1
+    assert artifact.main([str(old)]) == 1
     assert "checksum" in capsys.readouterr().err
     assert not (old / model_artifact.ONNX_FILE).exists()
 
 
 @pytest.mark.slow
 def test_export_onnx_console_script(old, tmp_path):
-    """The installed script (else ``python -m model_artifact``) in a process of its own."""
-    command = [str(EXPORT_ONNX)] if EXPORT_ONNX.exists() else [sys.executable, "-m", "model_artifact"]
+    """The installed script (else ``python -m train.artifact``) in a process of its own."""
+    command = [str(EXPORT_ONNX)] if EXPORT_ONNX.exists() else [sys.executable, "-m", "train.artifact"]
     result = subprocess.run([*command, str(old)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.splitlines() == [result.stdout.strip()] and "model.onnx written" in result.stdout
@@ -247,7 +263,7 @@ def test_tampered_onnx_fails_the_checksum(new):
 def test_save_without_onnx_removes_a_stale_one(new):
     assert (new / model_artifact.ONNX_FILE).is_file()
     model, meta = model_artifact.load(new)
-    model_artifact.save(new, model.state_dict(), meta, onnx=False)
+    artifact.save(new, model.state_dict(), meta, onnx=False)
     assert not (new / model_artifact.ONNX_FILE).exists()
     meta = model_artifact.load_metadata(new)
     assert meta.onnx_sha256 == "" and json.loads((new / model_artifact.METADATA_FILE).read_text())["onnx_sha256"] == ""
@@ -303,5 +319,5 @@ def test_export_refuses_an_onnx_file_that_differs(new, monkeypatch):
     model, meta = model_artifact.load(new)
     target = new / "again.onnx"
     with pytest.raises(ArtifactError, match="differs from PyTorch"):
-        model_artifact.export_onnx(model, meta.preprocessing, target)
+        artifact.export_onnx(model, meta.preprocessing, target)
     assert not target.exists() and not list(new.glob(".again.onnx.tmp-*"))

@@ -83,8 +83,8 @@ def test_same_pixels_and_probabilities_as_training_evaluation(service, model_dir
     Image.effect_noise((300, 200), 60).convert("RGB").save(image_path, quality=90)
     model, meta = model_artifact.load(model_dir)
     prep = meta.preprocessing
-    dataset = data.ImageDataset([(image_path, 0)], model_artifact.eval_transform(prep), prep.resize_size)
-    pixels = dataset[0][0]
+    dataset = data.ImageDataset([(image_path, 0)], data.EvalCrop(prep))
+    pixels = model_artifact.normalize(dataset[0][0], prep)
     assert np.array_equal(service.transform(model_artifact.decode_image(image_path, prep.resize_size)), pixels.numpy())
     with torch.no_grad():
         expected = model(pixels.unsqueeze(0)).softmax(1)[0]

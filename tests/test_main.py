@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 import model_artifact
+from serve import portable_code
 from tests.conftest import FAST, TRAIN_BIN, failure_text, job_env, make_job, run_train
 from train import checkpoint, main
 from train import model as model_lib
@@ -35,6 +36,12 @@ def test_training_beats_chance_and_writes_a_valid_artifact(trained_job):
     assert (base / "output" / "success").exists() and not (base / "output" / "failure").exists()
     assert "resolved configuration" in result.stdout
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 4)
+    written = sorted(p.name for p in (base / "model").iterdir())
+    assert written == sorted([*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES, "code"])
+    assert sorted(p.name for p in (base / "model" / "code").iterdir()) == sorted(portable_code.CODE_FILES)
+    assert model_artifact.onnx_path(base / "model", meta).is_file()
+    exporter = re.compile(r"\] (torch\.onnx|onnxscript|onnx_ir)[.:]")  # the job's log format: [rank N] logger: ...
+    assert [line for line in result.stdout.splitlines() if exporter.search(line)] == []
 
 
 def test_resolved_configuration_and_throughput_are_logged(trained_job):

@@ -1,4 +1,4 @@
-"""The artifact format: round trip, checksum, safe loading, preprocessing."""
+"""The artifact format: round trip, checksum, safe loading, preprocessing, atomic writes."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from PIL import Image
 
 import model_artifact
 from model_artifact import ArtifactError, Metadata, Preprocessing
+from train import artifact
 
 
 def saved(tmp_path, architecture="resnet18", classes=("cat", "dog", "eel")):
     model = model_artifact.build_model(architecture, len(classes))
     meta = Metadata(architecture, list(classes), Preprocessing.for_image_size(32), metrics={"test_accuracy": 0.5})
-    model_artifact.save(tmp_path, model.state_dict(), meta)
+    artifact.save(tmp_path, model.state_dict(), meta)
     return model
 
 
@@ -53,7 +54,7 @@ def test_pickled_code_is_never_executed(tmp_path):
     weights = tmp_path / model_artifact.WEIGHTS_FILE
     torch.save({"x": Evil()}, weights)
     meta = json.loads((tmp_path / model_artifact.METADATA_FILE).read_text())
-    meta["weights_sha256"] = model_artifact._sha256(weights)
+    meta["weights_sha256"] = model_artifact.file_sha256(weights)
     (tmp_path / model_artifact.METADATA_FILE).write_text(json.dumps(meta))
     with pytest.raises(Exception, match=r"Weights only load failed|Unsupported global"):
         model_artifact.load(tmp_path)
@@ -105,7 +106,7 @@ def test_jpeg_draft_decodes_large_photos_smaller(tmp_path):
 def test_copy_files_takes_the_artifact_and_nothing_else(tmp_path):
     source = tmp_path / "model"
     net = model_artifact.build_model("resnet18", 2)
-    model_artifact.save(
+    artifact.save(
         source, net.state_dict(), model_artifact.Metadata("resnet18", ["a", "b"], Preprocessing.for_image_size(32))
     )
     for planted in ("model_artifact.py", "code/inference.py", "MAR-INF/MANIFEST.json", "serve/__init__.py"):
@@ -121,7 +122,7 @@ def test_copy_files_takes_the_artifact_and_nothing_else(tmp_path):
 def test_copy_files_refuses_links_and_missing_files(tmp_path, name):
     source = tmp_path / "model"
     net = model_artifact.build_model("resnet18", 2)
-    model_artifact.save(
+    artifact.save(
         source, net.state_dict(), model_artifact.Metadata("resnet18", ["a", "b"], Preprocessing.for_image_size(32))
     )
     (tmp_path / "elsewhere").write_bytes((source / name).read_bytes())
@@ -141,6 +142,29 @@ def test_elongated_images_are_refused_before_decoding(tmp_path):
     with pytest.raises(Image.DecompressionBombError, match="too elongated"):
         model_artifact.decode_image(out.getvalue(), 256, 40_000_000)
     assert model_artifact.decode_image(out.getvalue(), None, 40_000_000).size == (40000, 1)  # no resize: no cap
+
+
+@pytest.mark.parametrize("error", [OSError("disk full"), KeyboardInterrupt()], ids=["error", "interrupt"])
+def test_a_failed_atomic_write_leaves_the_folder_as_it_was(tmp_path, error):
+    """No ``.NAME.tmp-PID`` is left behind (in /opt/ml/checkpoints SageMaker would upload it)."""
+    (tmp_path / "kept.pt").write_bytes(b"old")
+
+    def write(f):
+        f.write(b"half a file")
+        raise error
+
+    for name in ("kept.pt", "new.pt"):
+        with pytest.raises(type(error)):
+            model_artifact.atomic_write(tmp_path / name, write)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pt"]
+    assert (tmp_path / "kept.pt").read_bytes() == b"old"
+
+
+def test_atomic_write_replaces_the_file(tmp_path):
+    (tmp_path / "kept.pt").write_bytes(b"old")
+    model_artifact.atomic_write(tmp_path / "kept.pt", lambda f: f.write(b"new"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.pt"]
+    assert (tmp_path / "kept.pt").read_bytes() == b"new"
 
 
 def test_display_names():

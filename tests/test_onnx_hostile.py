@@ -13,6 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import model_artifact
 from serve import runtimes
+from train import artifact
 
 SECRET = b"SECRET-OUTSIDE-THE-MODEL-FOLDER"
 
@@ -39,7 +40,7 @@ def _plant(model_dir: Path, nodes: list, initializers: list, domains: tuple[str,
     prep = model_artifact.Preprocessing.for_image_size(2)
     meta = model_artifact.Metadata("resnet18", ["a", "b", "c", "d"], prep)
     meta.onnx_sha256 = hashlib.sha256((model_dir / model_artifact.ONNX_FILE).read_bytes()).hexdigest()
-    model_artifact.write_metadata(model_dir, meta)
+    artifact.write_metadata(model_dir, meta)
     return model_dir
 
 

@@ -16,8 +16,9 @@ from PIL import Image
 
 import model_artifact
 from model_artifact import Preprocessing
+from train import artifact
 
-MAX_PIXELS = 40_000_000  # serving's SERVE_MAX_PIXELS default
+MAX_PIXELS = model_artifact.MAX_IMAGE_PIXELS  # serving's SERVE_MAX_PIXELS default
 IMAGE_SIZES = (224, 64)
 PROBABILITY_TOLERANCE = 1e-3
 SPLITS = ("training", "validation", "test")
@@ -270,7 +271,7 @@ def random_model(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("random64") / "model"
     net = model_artifact.build_model("resnet18", len(CLASSES))
     meta = model_artifact.Metadata("resnet18", list(CLASSES), Preprocessing.for_image_size(64))
-    model_artifact.save(path, net.state_dict(), meta)
+    artifact.save(path, net.state_dict(), meta)
     return path
 
 
@@ -291,7 +292,7 @@ def test_imagenet_sized_model_answers_the_same_on_onnx_runtime(tmp_path, sample_
     prep = Preprocessing.for_image_size(224)
     classes = [f"{i:03d}.class" for i in range(1, 258)]
     net = model_artifact.build_model("resnet18", len(classes))
-    model_artifact.save(tmp_path, net.state_dict(), model_artifact.Metadata("resnet18", classes, prep))
+    artifact.save(tmp_path, net.state_dict(), model_artifact.Metadata("resnet18", classes, prep))
     variants = ("1500x1100 jpeg", "CMYK jpeg", "RGBA png", "jpeg orientation 6", "3x700", "odd 333x517")
     data = [VARIANTS[name][0](prep) for name in variants]
     data += [p.read_bytes() for p in sorted((sample_data / "test").glob("*/*_00[03].*"))]

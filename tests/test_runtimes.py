@@ -13,6 +13,7 @@ from PIL import Image
 import model_artifact
 from serve import runtimes
 from serve.settings import Settings
+from train import artifact
 
 
 def without(monkeypatch, *missing: str) -> None:
@@ -173,7 +174,7 @@ def torch_only(tmp_path_factory):
     path = tmp_path_factory.mktemp("torch-only") / "model"
     prep = model_artifact.Preprocessing.for_image_size(32)
     meta = model_artifact.Metadata("resnet18", ["ant", "bee", "cat"], prep)
-    model_artifact.save(path, model_artifact.build_model("resnet18", 3).state_dict(), meta, onnx=False)
+    artifact.save(path, model_artifact.build_model("resnet18", 3).state_dict(), meta, onnx=False)
     assert not (path / model_artifact.ONNX_FILE).exists()
     return path
 
@@ -195,7 +196,7 @@ def test_an_artifact_without_model_onnx_serves_under_pytorch(torch_only):
 def test_export_onnx_makes_an_old_artifact_serve_on_onnx_runtime(torch_only, tmp_path):
     """What the reason advises works: ``export-onnx`` adds model.onnx, and both runtimes then agree."""
     shutil.copytree(torch_only, tmp_path / "model")
-    assert model_artifact.main([str(tmp_path / "model")]) == 0
+    assert artifact.main([str(tmp_path / "model")]) == 0
     onnx, _ = runtimes.load(str(tmp_path / "model"), None, "onnx", threads=1)
     eager, _ = runtimes.load(str(torch_only), None, "torch", threads=torch.get_num_threads())
     inputs = batch(3, seed=2)

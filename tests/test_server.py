@@ -81,9 +81,9 @@ def test_http_gives_the_probabilities_of_training_evaluation(served, sample_data
     model, meta = model_artifact.load(served.base / "model")
     prep = meta.preprocessing
     for name in ("test/cone/cone_002.jpg", "test/ring/ring_003.png"):
-        dataset = data.ImageDataset([(sample_data / name, 0)], model_artifact.eval_transform(prep), prep.resize_size)
+        dataset = data.ImageDataset([(sample_data / name, 0)], data.EvalCrop(prep))
         with torch.no_grad():
-            expected = model(dataset[0][0].unsqueeze(0)).softmax(1)[0]
+            expected = model(model_artifact.normalize(dataset[0][0], prep).unsqueeze(0)).softmax(1)[0]
         status, body = predict(served.port, (sample_data / name).read_bytes(), "image/jpeg", Accept="application/json")
         assert status == 200
         got = {p["label"]: p["probability"] for p in body["predictions"][0]["top_k"]}

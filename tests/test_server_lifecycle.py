@@ -12,6 +12,7 @@ import pytest
 
 import model_artifact
 from tests.serving import Server, mms_processes, predict, request
+from train.artifact import write_metadata
 
 pytestmark = pytest.mark.slow
 
@@ -53,7 +54,7 @@ def test_an_artifact_without_model_onnx_stops_onnx_runtime_naming_export_onnx(sm
     (tmp_path / "model" / model_artifact.ONNX_FILE).unlink()
     meta = model_artifact.load_metadata(tmp_path / "model")
     meta.onnx_sha256 = ""
-    model_artifact.write_metadata(tmp_path / "model", meta)
+    write_metadata(tmp_path / "model", meta)
     server = Server(tmp_path, SERVE_RUNTIME="onnx")
     assert wait_exit(server) == 1
     (line,) = [line for line in server.log.splitlines() if "cannot serve" in line]

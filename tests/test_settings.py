@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import model_artifact
 from serve.settings import Settings
 
 
@@ -45,3 +46,13 @@ def test_a_gpu_batches_and_waits_a_little_a_cpu_never_waits(monkeypatch):
     monkeypatch.setenv("SERVE_BATCH_SIZE", "1")
     monkeypatch.setenv("SERVE_BATCH_DELAY_MS", "20")
     assert (Settings.from_env(gpus=1).batch_size, Settings.from_env(gpus=1).batch_delay_ms) == (1, 20)
+
+
+def test_the_request_limits_default_to_the_artifact_s_shared_ones(monkeypatch):
+    """serve.settings, code/inference.py and training's max-image-pixels read one definition."""
+    for name in ("SERVE_TOP_K", "SERVE_MAX_IMAGES", "SERVE_MAX_PIXELS", "SERVE_MAX_REQUEST_PIXELS"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings.from_env()
+    assert (settings.top_k, settings.max_images) == (model_artifact.DEFAULT_TOP_K, model_artifact.MAX_IMAGES) == (5, 64)
+    assert settings.max_pixels == model_artifact.MAX_IMAGE_PIXELS == 40_000_000
+    assert settings.max_request_pixels == model_artifact.MAX_REQUEST_PIXELS == 100_000_000

@@ -15,10 +15,11 @@ import torch
 from PIL import Image
 
 import model_artifact
-from serve import handler, script_service, user_module
+from serve import handler, portable_code, script_service, user_module
 from serve.settings import Settings, log_level
 from tests.conftest import REPO
 from tests.serving import classifier_service, mms_context
+from train import artifact
 
 EXAMPLE = REPO / "examples" / "script_mode"
 CLASSES = ["ant", "bee", "cat"]
@@ -27,7 +28,7 @@ CLASSES = ["ant", "bee", "cat"]
 @pytest.fixture(autouse=True)
 def isolated(monkeypatch):
     """User modules go on sys.path and into sys.modules: take them out again. Libraries that a test
-    imported first stay (onnx, imported by model_artifact.save's export, aborts when imported twice)."""
+    imported first stay (onnx, imported by train.artifact.save's export, aborts when imported twice)."""
     path, modules = list(sys.path), set(sys.modules)
     monkeypatch.delenv("SAGEMAKER_MULTI_MODEL", raising=False)
     yield
@@ -48,7 +49,7 @@ def net() -> torch.nn.Module:
 def ours(net, tmp_path) -> Path:
     """Our artifact (artifact.json, model.pt, code/)."""
     meta = model_artifact.Metadata("resnet18", list(CLASSES), model_artifact.Preprocessing.for_image_size(32))
-    return model_artifact.save(tmp_path / "ours", net.state_dict(), meta)
+    return artifact.save(tmp_path / "ours", net.state_dict(), meta)
 
 
 @pytest.fixture
@@ -230,7 +231,7 @@ def test_the_handler_picks_the_script_service_only_when_the_server_says_so(monke
 
 def test_our_artifact_served_by_its_own_code_answers_as_our_handler(monkeypatch, ours):
     """code/inference.py of our artifact, in script mode, gives our handler's exact answers."""
-    assert sorted(p.name for p in (ours / "code").iterdir()) == sorted(model_artifact.CODE_FILES)
+    assert sorted(p.name for p in (ours / "code").iterdir()) == sorted(portable_code.CODE_FILES)
     assert (ours / "code" / "model_artifact.py").read_bytes() == (REPO / "model_artifact.py").read_bytes()
     assert (ours / "code" / "byoc_codecs.py").read_bytes() == (REPO / "serve" / "codecs.py").read_bytes()
     reference = classifier_service(ours, "torch")  # the same eager PyTorch as the portable code: equal bytes

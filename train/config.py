@@ -16,14 +16,24 @@ from pathlib import Path
 
 from common.arguments import number
 from common.cpus import available_cpus  # re-exported: train.config.available_cpus
-from train.failure import TrainingError
+from model_artifact import MAX_IMAGE_PIXELS  # serving's SERVE_MAX_PIXELS default; train.data imports it from here
+from train.failure import TrainingError, one_line
 
 DEFAULT_BASE_DIR = "/opt/ml"
 AMP_MODES = ("auto", "bf16", "fp16", "off")
+CACHE_MODES = ("auto", "on", "off")
 LR_SCHEDULERS = ("cosine", "step", "constant")
-MAX_IMAGE_PIXELS = 40_000_000  # serving's SERVE_MAX_PIXELS default
 # Hyperparameters that do not change what is learned: a checkpoint resumes across changes of these.
-OPERATIONAL = ("num_workers", "log_interval", "checkpoint_dir", "profile", "profile_steps", "max_bad_fraction")
+OPERATIONAL = (
+    "num_workers", "log_interval", "checkpoint_dir", "profile", "profile_steps", "max_bad_fraction", "input_cache_dir",
+)  # fmt: skip
+# The channels the trainer reads, all as folders of files; others in inputdataconfig.json are ignored.
+TRAINER_CHANNELS = ("training", "validation", "test", "pretrained")
+_SHARDING_HARM = {
+    "data": "each host would get different files, perhaps different classes, but every host must see every "
+    "class and the same file list (the processes split it among themselves)",
+    "pretrained": "a host could get no weights file, but every host must load the same weights",
+}
 _TRUE = {"true", "1", "yes"}
 _FALSE = {"false", "0", "no"}
 
@@ -70,6 +80,12 @@ def resolve_paths(env: os._Environ | dict | None = None) -> Paths:
     )
 
 
+def scratch_dir(base: Path) -> Path:
+    """Scratch space: SageMaker's ``/tmp`` (on the job's storage, never uploaded); off SageMaker
+    (SAGEMAKER_BASE_DIR) a folder inside the base dir, so jobs side by side keep apart."""
+    return Path("/tmp") if base == Path(DEFAULT_BASE_DIR) else base / "tmp"
+
+
 def checkpoint_local_path(base: Path) -> Path:
     """``LocalPath`` of ``input/config/checkpointconfig.json`` (SageMaker writes it with checkpoint_s3_uri)."""
     path = base / "input" / "config" / "checkpointconfig.json"
@@ -80,6 +96,61 @@ def checkpoint_local_path(base: Path) -> Path:
     except (ValueError, AttributeError) as exc:
         raise TrainingError(f"{path} is not a JSON object: {exc}") from exc
     return Path(local) if local else base / "checkpoints"
+
+
+def read_json_object(path: Path) -> dict | None:
+    """The JSON object in ``path`` (None when there is no such file); anything else is a one-line TrainingError."""
+    if not path.is_file():
+        return None
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise TrainingError(f"{path} is not valid JSON: {one_line(str(exc))}") from exc
+    if not isinstance(value, dict):
+        raise TrainingError(f"{path} is not a JSON object")
+    return value
+
+
+def host_count(config_dir: Path) -> int:
+    """How many hosts the job has: the ``hosts`` of ``resourceconfig.json`` (1 without it)."""
+    hosts = (read_json_object(config_dir / "resourceconfig.json") or {}).get("hosts")
+    return len(hosts) if isinstance(hosts, list) and hosts else 1
+
+
+def check_input_modes(base: Path) -> None:
+    """Refuse, in one line, channel settings of ``inputdataconfig.json`` that this trainer cannot honour.
+
+    Missing file or keys mean File and FullyReplicated (local mode and scripts/demo_host.py write
+    only some). FastFile mounts S3 as a folder: it is read as one. Other channels are not read.
+    """
+    config_dir = base / "input" / "config"
+    path = config_dir / "inputdataconfig.json"
+    channels = read_json_object(path) or {}
+    hosts = host_count(config_dir)
+    for name in TRAINER_CHANNELS:
+        if name in channels:
+            settings = channels[name]
+            if not isinstance(settings, dict):
+                raise TrainingError(f"{path}: channel {name!r} is not a JSON object")
+            _check_channel(name, settings, hosts)
+
+
+def _check_channel(name: str, settings: dict, hosts: int) -> None:
+    """Pipe mode: refused. ShardedByS3Key: refused with several hosts (with one it changes nothing)."""
+    mode = str(settings.get("TrainingInputMode") or "File")
+    if mode.lower() == "pipe":
+        raise TrainingError(
+            f"channel {name!r} is in Pipe mode (records streamed through a FIFO, no files): this trainer reads "
+            'image files; use TrainingInputMode File or FastFile (e.g. input_mode="FastFile" on the Estimator '
+            "or TrainingInput)"
+        )
+    distribution = str(settings.get("S3DistributionType") or "FullyReplicated")
+    if distribution.lower() == "shardedbys3key" and hosts > 1:
+        why = _SHARDING_HARM["pretrained" if name == "pretrained" else "data"]
+        raise TrainingError(
+            f"channel {name!r} is ShardedByS3Key across {hosts} hosts: {why}; use S3DistributionType "
+            'FullyReplicated (distribution="FullyReplicated" on the TrainingInput)'
+        )
 
 
 def log_level(env: os._Environ | dict | None = None) -> int:
@@ -161,6 +232,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-step-size", type=number(int, 1), default=3, help="step scheduler")
     p.add_argument("--lr-gamma", type=number(float, 0, 1, low_open=True), default=0.1)
     p.add_argument("--crop-min-scale", type=number(float, 0, 1, low_open=True), default=0.08, help="RandomResizedCrop")
+    cache_aliases = {"true": "on", "1": "on", "false": "off", "0": "off"}
+    p.add_argument("--input-cache", type=_choice(CACHE_MODES, cache_aliases), default="auto", help="auto: 2+ epochs")
+    p.add_argument("--input-cache-size", type=number(int, 16, 4096), default=None, help="short side; 2 x image-size")
+    p.add_argument("--input-cache-dir", type=Path, default=None, help="default /tmp/input-cache (scratch space)")
     p.add_argument("--label-smoothing", type=fraction, default=0.0)
     p.add_argument("--model", type=_model_name, default="resnet18")
     p.add_argument("--pretrained", type=boolean, default=True)

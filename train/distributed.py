@@ -136,6 +136,15 @@ def any_true(flag: bool) -> bool:
     return all_sum([float(flag)])[0] > 0 if is_active() else flag
 
 
+def union(items: set[int]) -> set[int]:
+    """The union of every rank's ``items`` (identity when alone)."""
+    if not is_active():
+        return set(items)
+    gathered: list[set[int] | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, set(items))
+    return set().union(*gathered)
+
+
 def broadcast(obj):
     """Rank 0's ``obj`` on every rank."""
     if not is_active():

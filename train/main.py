@@ -15,7 +15,20 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 import model_artifact
-from train import checkpoint, config, data, distributed, loop, metrics, precision, profile_report, profiler, schedule
+from train import (
+    artifact,
+    cache,
+    checkpoint,
+    config,
+    data,
+    distributed,
+    loop,
+    metrics,
+    precision,
+    profile_report,
+    profiler,
+    schedule,
+)
 from train import model as model_lib
 from train.failure import Stopped, TrainingError, reported
 from train.progress import Meter, MetricLogger, clock
@@ -35,6 +48,7 @@ class Split:
     loader: DataLoader
     sampler: data.EpochSampler
     bad: data.BadFiles
+    cache: cache.PixelCache | None = None  # its input cache, when on
 
 
 @dataclass
@@ -65,15 +79,18 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep) -> tup
     splits = data.resolve_splits(paths.channels, args)
     workers = config.cpus_per_process(ctx.local_world_size) if args.num_workers is None else args.num_workers
     pin = ctx.device.type == "cuda"
-    built = {}
+    built, (training_cache, evaluation_cache) = {}, input_caches(args, paths, ctx)
     for name, channel in (("train", "training"), ("val", "validation"), ("test", "test")):
         samples, training = getattr(splits, name), name == "train"
-        transform = data.train_transform(prep, args.crop_min_scale) if training else model_artifact.eval_transform(prep)
-        dataset = data.ImageDataset(samples, transform, prep.resize_size, args.max_image_pixels)
+        if training:
+            load = data.TrainCrop(prep, args.crop_min_scale, args.max_image_pixels, training_cache)
+        else:
+            load = data.EvalCrop(prep, args.max_image_pixels, evaluation_cache if name == "val" else None)
+        dataset = data.ImageDataset(samples, load)
         sampler = data.EpochSampler(len(samples), ctx.rank, ctx.world_size, args.seed, shuffle=training)
         loader = data.make_loader(dataset, sampler, args.batch_size, workers, training, pin)
         bad = data.BadFiles(samples, args.max_bad_fraction, channel)
-        built[name] = Split(name, channel, samples, loader, sampler, bad)
+        built[name] = Split(name, channel, samples, loader, sampler, bad, load.cache)
     if len(splits.train) < ctx.world_size:
         raise TrainingError(f"{len(splits.train)} training images cannot feed {ctx.world_size} processes")
     log.info(
@@ -88,7 +105,17 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep) -> tup
     return splits, built
 
 
-def build_step(args, ctx: distributed.Context, num_classes: int, paths: config.Paths) -> loop.Step:
+def input_caches(args, paths: config.Paths, ctx: distributed.Context) -> tuple[cache.PixelCache | None, ...]:
+    """The training and evaluation input caches, when ``input-cache`` is on (auto: 2+ epochs)."""
+    if args.input_cache == "off" or (args.input_cache == "auto" and args.epochs < cache.MIN_EPOCHS):
+        return None, None
+    folder = args.input_cache_dir or config.scratch_dir(paths.base_dir) / "input-cache"
+    caches = cache.open_caches(folder, args.input_cache_size or 2 * args.image_size, ctx.local_rank == 0)
+    distributed.barrier()  # the host's first process has emptied the folders before anyone fills them
+    return caches
+
+
+def build_step(args, ctx: distributed.Context, num_classes: int, paths: config.Paths, prep) -> loop.Step:
     """Model (DDP-wrapped when several processes), loss, optimizer and scaler."""
     net = model_lib.build(args, num_classes, paths.channels.get("pretrained"))
     fmt = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -102,7 +129,7 @@ def build_step(args, ctx: distributed.Context, num_classes: int, paths: config.P
     dtype = precision.amp_dtype(args.amp, ctx.device)
     scaler = torch.amp.GradScaler(ctx.device.type, enabled=dtype == torch.float16)
     criterion = nn.CrossEntropyLoss(label_smoothing=args.label_smoothing)
-    return loop.Step(wrapped, net, criterion, optimizer, scaler, ctx.device, dtype, args.channels_last)
+    return loop.Step(wrapped, net, criterion, optimizer, scaler, ctx.device, dtype, args.channels_last, prep)
 
 
 def save_checkpoint(job: Job, epoch: int, meter: Meter) -> None:
@@ -163,6 +190,8 @@ def run_epoch(job: Job, epoch: int, meter: Meter) -> None:
             f"checkpoint saved in {args.checkpoint_dir}: rerun the job with it to resume"
         )
     record = epoch_record(job, epoch, meter, started)
+    if epoch == 0 and job.train.cache and job.ctx.local_rank == 0:
+        log_cache(job, time.perf_counter() - started)
     job.record.history.append(record)
     if job.ctx.is_main:
         print(metrics.epoch_line(record), flush=True)
@@ -176,6 +205,13 @@ def run_epoch(job: Job, epoch: int, meter: Meter) -> None:
     save_checkpoint(job, epoch + 1, Meter())
     if job.stop.agreed():  # a signal during validation or the checkpoint write
         raise Stopped(f"stopped by signal after epoch {epoch + 1}; checkpoint saved in {args.checkpoint_dir}")
+
+
+def log_cache(job: Job, seconds: float) -> None:
+    """What the input cache holds after the epoch that built it."""
+    used = [split.cache.usage() for split in (job.train, job.val) if split.cache]
+    entries, size = sum(u[0] for u in used), sum(u[1] for u in used)
+    log.info("input cache built in epoch 1 (%.0f s with validation): %d images, %.2f GB", seconds, entries, size / 1e9)
 
 
 def finish(job: Job) -> None:
@@ -195,7 +231,7 @@ def finish(job: Job) -> None:
 
 
 def write_artifacts(job: Job, final: dict) -> None:
-    """The model artifact (model.pt, model.onnx, artifact.json), metrics.json and the training curve."""
+    """The model artifact (model.pt, model.onnx, artifact.json, code/), metrics.json and the training curve."""
     hps = {k: str(v) if isinstance(v, Path) else v for k, v in vars(job.args).items()}
     meta = model_artifact.Metadata(
         architecture=job.args.model,
@@ -205,13 +241,14 @@ def write_artifacts(job: Job, final: dict) -> None:
         hyperparameters=hps,
     )
     started = time.perf_counter()
-    model_artifact.save(job.paths.model_dir, job.step.net.state_dict(), meta)
+    artifact.save(job.paths.model_dir, job.step.net.state_dict(), meta)
     metrics.write_report(job.paths.output_data_dir, job.record.history, final)
     log.info("model artifact written to %s in %.1f s", job.paths.model_dir, time.perf_counter() - started)
 
 
 def setup(args, paths: config.Paths, stop: StopRequest) -> Job:
     """Join the group, seed, build data and model, log the resolved configuration."""
+    config.check_input_modes(paths.base_dir)
     ctx = distributed.init()
     torch.manual_seed(args.seed + ctx.rank)
     random.seed(args.seed + ctx.rank)
@@ -220,7 +257,7 @@ def setup(args, paths: config.Paths, stop: StopRequest) -> Job:
     args.checkpoint_dir = args.checkpoint_dir or paths.checkpoint_dir
     prep = model_artifact.Preprocessing.for_image_size(args.image_size)
     splits, built = build_data(args, paths, ctx, prep)
-    step = build_step(args, ctx, len(splits.class_names), paths)
+    step = build_step(args, ctx, len(splits.class_names), paths, prep)
     if ctx.is_main:
         resolved = {k: str(v) for k, v in vars(args).items()} | {
             "device": str(ctx.device),

@@ -20,7 +20,7 @@ What it does:
 3. Exports ONNX (the dynamo exporter, then the legacy TorchScript one if it fails; dynamic
    batch) and OpenVINO IR (``openvino.convert_model`` of the ONNX file, saved with
    ``compress_to_fp16=False``: ``save_model``'s default would store fp16 weights); and
-   the file that serving runs, ``model_artifact.export_onnx``'s (softmax included), in
+   the file that serving runs, ``train.artifact.export_onnx``'s (softmax included), in
    ``serve.runtimes.OnnxModel``'s session: the ``onnxruntime as served`` row.
 4. Measures every variant with the same thread count, interleaved in ``--rounds`` rounds
    (each round runs each variant's share of iterations after 2 untimed ones), so that
@@ -269,22 +269,23 @@ def ort_variants(onnx_path: Path, threads: int) -> list[Variant]:
 
 
 def served_variant(model, prep, out: Path, threads: int) -> Variant:
-    """``model_artifact.export_onnx``'s file (as training writes it) in ``serve.runtimes.OnnxModel``."""
+    """``train.artifact.export_onnx``'s file (as training writes it) in ``serve.runtimes.OnnxModel``."""
     import model_artifact
     from serve.runtimes import OnnxModel
+    from train.artifact import export_onnx
 
     started = time.perf_counter()
     folder = out / "served"
     folder.mkdir(exist_ok=True)
     meta = model_artifact.Metadata("resnet18", [], prep)
-    meta.onnx_sha256 = model_artifact.export_onnx(_copy(model), prep, folder / model_artifact.ONNX_FILE)
+    meta.onnx_sha256 = export_onnx(_copy(model), prep, folder / model_artifact.ONNX_FILE)
     served = OnnxModel(str(folder), meta, threads)
 
     def run(x: np.ndarray) -> np.ndarray:
         with np.errstate(divide="ignore"):
             return np.log(served.predict(x))  # probabilities; the log's softmax gives them back
 
-    return Variant("onnxruntime as served", run, "model_artifact.export_onnx + serve.runtimes",
+    return Variant("onnxruntime as served", run, "train.artifact.export_onnx + serve.runtimes",
                    setup_s=time.perf_counter() - started)  # fmt: skip
 
 
