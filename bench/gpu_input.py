@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from input_pipeline import image_folder  # bench/, this script's folder
 
 import model_artifact
-from train import cache, config, data, loop, precision
+from train import cache, config, crops, data, loop, precision
 
 CLASSES = 257
 
@@ -129,7 +129,7 @@ def child(args: argparse.Namespace) -> None:
             pixels = cache.PixelCache(Path(tmp) / "cache", 2 * args.image_size)
             pixels.folder.mkdir()
         workers = config.cpus_per_process(1)
-        dataset = data.ImageDataset(samples, data.TrainCrop(step.prep, cache=pixels))
+        dataset = data.ImageDataset(samples, crops.TrainCrop(step.prep, cache=pixels))
         sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
         loader = data.make_loader(dataset, sampler, args.batch_size, workers, True, device.type == "cuda")
         result = through_loader(step, loader, epochs=2)

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import model_artifact
-from train import cache, data
+from train import cache, crops, data
 
 PACKAGE = "opencv-doc"
 EXAMPLES = "usr/share/doc/opencv-doc/examples"
@@ -96,7 +96,7 @@ def stock_loader(root: Path) -> DataLoader:
 def our_loader(samples: list[data.Sample], pixels: cache.PixelCache | None = None) -> DataLoader:
     """The trainer's training loader (``train.main.build_data``), with one worker."""
     dataset = data.ImageDataset(
-        samples, data.TrainCrop(model_artifact.Preprocessing.for_image_size(IMAGE_SIZE), cache=pixels)
+        samples, crops.TrainCrop(model_artifact.Preprocessing.for_image_size(IMAGE_SIZE), cache=pixels)
     )
     sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
     return data.make_loader(dataset, sampler, BATCH_SIZE, 1, train=True, pin=False)

@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 import model_artifact
-from train import cache, config, data, distributed, main
+from train import cache, config, crops, data, distributed, main
 
 DiskUsage = namedtuple("DiskUsage", "total used free")
 
@@ -53,12 +53,12 @@ def test_put_shrinks_to_the_short_side_and_never_enlarges(tmp_path):
 def test_later_epochs_read_the_cache_and_decode_nothing(tmp_path, monkeypatch):
     path = _photo(tmp_path / "a.jpg")
     prep = model_artifact.Preprocessing.for_image_size(32)
-    train = data.TrainCrop(_prep(32), cache=cache.PixelCache(tmp_path / "t", 64))
-    evaluate = data.EvalCrop(prep, cache=cache.PixelCache(tmp_path / "e", 64))
+    train = crops.TrainCrop(_prep(32), cache=cache.PixelCache(tmp_path / "t", 64))
+    evaluate = crops.EvalCrop(prep, cache=cache.PixelCache(tmp_path / "e", 64))
     for pixels_cache in (train.cache, evaluate.cache):
         pixels_cache.folder.mkdir()
     first_eval, first_train = evaluate(path), train(path)
-    assert torch.equal(first_eval, data.EvalCrop(prep)(path))  # evaluation's cache keeps its exact pixels
+    assert torch.equal(first_eval, crops.EvalCrop(prep)(path))  # evaluation's cache keeps its exact pixels
 
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded although cached")
@@ -72,7 +72,7 @@ def test_a_truncated_entry_counts_its_image_unreadable(tmp_path):
     path = _photo(tmp_path / "a.jpg")
     pixels_cache = cache.PixelCache(tmp_path / "c", 64)
     pixels_cache.folder.mkdir()
-    dataset = data.ImageDataset([(path, 0)], data.TrainCrop(_prep(32), cache=pixels_cache))
+    dataset = data.ImageDataset([(path, 0)], crops.TrainCrop(_prep(32), cache=pixels_cache))
     assert dataset[0][0] is not None
     entry = pixels_cache.entry(path)
     entry.write_bytes(entry.read_bytes()[:100])

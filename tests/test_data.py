@@ -8,12 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torchvision
 from PIL import Image
-from torchvision.transforms import v2
 
 import model_artifact
-from train import data
+from train import crops, data
 from train.failure import TrainingError
 
 
@@ -151,7 +149,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     (root / "b" / "b_0000.jpg").write_bytes(full[: len(full) // 2])  # truncated JPEG
     samples = data.scan(root, ["a", "b"], "training")
     prep = model_artifact.Preprocessing.for_image_size(16)
-    dataset = data.ImageDataset(samples, data.EvalCrop(prep))
+    dataset = data.ImageDataset(samples, crops.EvalCrop(prep))
     images, labels, bad = data.collate([dataset[i] for i in range(len(dataset))])
     assert images.shape == (10, 3, 16, 16) and len(labels) == 10
     assert sorted(samples[i][0].name for i in bad) == ["a_0000.jpg", "b_0000.jpg"]
@@ -190,7 +188,7 @@ def test_loader_yields_batches_from_a_worker(tmp_path):
     prep = model_artifact.Preprocessing.for_image_size(16)
     samples = data.scan(root, ["a", "b"], "training")
     sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
-    loader = data.make_loader(data.ImageDataset(samples, data.TrainCrop(prep)), sampler, 4, 1, True, False)
+    loader = data.make_loader(data.ImageDataset(samples, crops.TrainCrop(prep)), sampler, 4, 1, True, False)
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [4, 4]  # the size-2 remainder is dropped for BatchNorm
     assert batches[0][0].dtype == torch.uint8  # normalized on the device
@@ -198,7 +196,7 @@ def test_loader_yields_batches_from_a_worker(tmp_path):
 
 def _dataset(samples, **kw) -> data.ImageDataset:
     prep = model_artifact.Preprocessing.for_image_size(16)
-    return data.ImageDataset(samples, data.EvalCrop(prep, **kw))
+    return data.ImageDataset(samples, crops.EvalCrop(prep, **kw))
 
 
 def _one_line_warnings(caplog) -> list[str]:
@@ -224,7 +222,7 @@ def test_the_default_pixel_cap_is_servings(tmp_path):
     Image.new("1", (7000, 6000)).save(tmp_path / "bomb.png")  # 42M pixels in a few KB
     assert (tmp_path / "bomb.png").stat().st_size < 100_000
     dataset = _dataset([(tmp_path / "bomb.png", 0)])
-    assert dataset.load.max_pixels == data.MAX_IMAGE_PIXELS == 40_000_000
+    assert dataset.load.max_pixels == crops.MAX_IMAGE_PIXELS == model_artifact.MAX_IMAGE_PIXELS == 40_000_000
     assert dataset[0] == (None, 0, 0)
 
 
@@ -323,101 +321,3 @@ def test_a_loader_worker_survives_any_exception(tmp_path, monkeypatch):
     loader = data.make_loader(_dataset(samples), data.EpochSampler(8, 0, 1, seed=0, shuffle=False), 4, 1, False, False)
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [4, 3] and [b[2] for b in batches] == [[], [6]]
-
-
-def _prep(size: int) -> model_artifact.Preprocessing:
-    return model_artifact.Preprocessing.for_image_size(size)
-
-
-def _jpeg(path: Path, size: tuple[int, int], **params) -> Path:
-    from tests.test_preprocess_parity import photo
-
-    photo(size, noise=True).save(path, quality=92, **params)
-    return path
-
-
-@pytest.mark.parametrize("size", [(640, 480), (300, 200), (200, 900), (100, 60)])
-def test_train_crops_are_drawn_as_v2_random_resized_crop_draws_them(size):
-    crop, reference = data.TrainCrop(_prep(64), min_scale=0.2), v2.RandomResizedCrop(64, scale=(0.2, 1.0))
-    width, height = size
-    torch.manual_seed(3)
-    ours = [crop.draw(height, width) for _ in range(500)]
-    torch.manual_seed(3)
-    theirs = [tuple(reference.make_params([torch.empty(3, height, width)]).values()) for _ in range(500)]
-    assert ours == theirs
-    scales = [h * w / (height * width) for _, _, h, w in ours]
-    assert min(scales) >= 0.2 * 0.9 and max(scales) <= 1.0 and len(set(ours)) > 100  # random, in range
-
-
-def test_a_train_crop_equals_torchvision_v2_on_the_decoded_image(tmp_path):
-    """Same crop, same flip, same pixels as v2's RandomResizedCrop + flip (no crop of a 300x200
-    image is 2x128 pixels: all decode at full scale)."""
-    path = _jpeg(tmp_path / "a.jpg", (300, 200))
-    reference = v2.Compose([v2.RandomResizedCrop(128, antialias=True), v2.RandomHorizontalFlip()])
-    decoded = torchvision.io.decode_image(str(path))
-    flips = 0
-    for seed in range(40):
-        torch.manual_seed(seed)
-        ours = data.TrainCrop(_prep(128))(path)
-        torch.manual_seed(seed)
-        theirs = reference(decoded)
-        assert ours.shape == theirs.shape == (3, 128, 128) and ours.dtype == torch.uint8
-        assert (ours.int() - theirs.int()).abs().max() <= 1
-        flips += bool((ours.int() - theirs.flip(-1).int()).abs().max() > 1)  # the flip is what differs
-    assert flips > 0
-
-
-def test_a_crop_decoded_at_reduced_scale_keeps_the_full_scale_pixels(tmp_path):
-    """A 1600x1200 JPEG: crops of 2x the size or more decode at 1/2 or less, and barely differ."""
-    path = _jpeg(tmp_path / "big.jpg", (1600, 1200))
-    crop = data.TrainCrop(_prep(160), min_scale=0.9)  # crops of 1100+ px: decoded at 1/4 scale
-    assert data._reduction(min(crop.draw(1200, 1600)[2:]), crop.size) == 4
-    full = data.TrainCrop(_prep(160), min_scale=0.9)
-    full.draw = crop.draw
-    torch.manual_seed(0)
-    reduced = crop(path)
-    torch.manual_seed(0)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(data, "_reduction", lambda crop_side, size: 1)
-        exact = full(path)
-    assert (reduced.float() - exact.float()).abs().mean() < 3  # of 255: the same picture
-
-
-def test_flips_are_drawn_half_the_time(tmp_path):
-    path = _jpeg(tmp_path / "a.jpg", (100, 60))
-    crop = data.TrainCrop(_prep(32), min_scale=1.0)  # the whole image: only the flip varies
-    torch.manual_seed(0)
-    outputs = [crop(path) for _ in range(400)]
-    flipped = sum(bool((o.int() - outputs[0].flip(-1).int()).abs().max() <= 1) for o in outputs)
-    unflipped = sum(bool((o.int() - outputs[0].int()).abs().max() <= 1) for o in outputs)
-    assert flipped + unflipped == 400 and 160 <= flipped <= 240
-
-
-@pytest.mark.parametrize("size", [32, 64])  # 100 px // 32: decoded at 1/2 (Pillow); // 64: full (torchvision)
-def test_an_exif_rotated_jpeg_is_cropped_upright(tmp_path, size):
-    exif = Image.Exif()
-    exif[0x0112] = 6  # rotate 90° clockwise on display
-    stored = Image.new("RGB", (400, 100), (200, 10, 10))
-    stored.paste((10, 10, 200), (0, 0, 200, 100))  # blue left half: the top half once upright
-    path = tmp_path / "turned.jpg"
-    stored.save(path, exif=exif, quality=95)
-    with Image.open(path) as image:
-        assert data._upright_size(image) == (100, 400)
-    crop = data.TrainCrop(_prep(size), min_scale=1.0)
-    draws = []
-    crop_draw = crop.draw
-    crop.draw = lambda h, w: draws.append((h, w)) or crop_draw(h, w)
-    pixels = crop(tmp_path / "turned.jpg").int()
-    assert pixels.shape == (3, size, size) and draws == [(400, 100)]
-    top, bottom = pixels[:, : size // 4], pixels[:, -size // 4 :]
-    assert top[2].float().mean() > 150 > top[0].float().mean()  # blue on top
-    assert bottom[0].float().mean() > 150 > bottom[2].float().mean()  # red below
-
-
-def test_evaluation_batches_normalize_to_servings_pixels(tmp_path):
-    """What evaluation feeds the model (uint8 pixels, normalized on the device) is eval_transform's."""
-    path = _jpeg(tmp_path / "a.jpg", (500, 333))
-    prep = model_artifact.Preprocessing.for_image_size(64)
-    pixels = data.EvalCrop(prep)(path)
-    expected = model_artifact.eval_transform(prep)(model_artifact.decode_image(path, prep.resize_size))
-    assert pixels.dtype == torch.uint8 and torch.equal(model_artifact.normalize(pixels[None], prep)[0], expected)

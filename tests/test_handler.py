@@ -77,13 +77,13 @@ def test_the_service_runs_on_the_runtime_it_was_given(service):
 
 def test_same_pixels_and_probabilities_as_training_evaluation(service, model_dir, tmp_path):
     """The answer equals eager PyTorch on torchvision's eval transform (ONNX Runtime within its tolerance)."""
-    from train import data
+    from train import crops, data
 
     image_path = tmp_path / "a.jpg"
     Image.effect_noise((300, 200), 60).convert("RGB").save(image_path, quality=90)
     model, meta = model_artifact.load(model_dir)
     prep = meta.preprocessing
-    dataset = data.ImageDataset([(image_path, 0)], data.EvalCrop(prep))
+    dataset = data.ImageDataset([(image_path, 0)], crops.EvalCrop(prep))
     pixels = model_artifact.normalize(dataset[0][0], prep)
     assert np.array_equal(service.transform(model_artifact.decode_image(image_path, prep.resize_size)), pixels.numpy())
     with torch.no_grad():

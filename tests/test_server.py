@@ -20,7 +20,7 @@ from PIL import Image
 
 import model_artifact
 from tests.serving import RUNTIMES, Server, predict, request
-from train import data
+from train import crops, data
 
 pytestmark = pytest.mark.slow
 
@@ -81,7 +81,7 @@ def test_http_gives_the_probabilities_of_training_evaluation(served, sample_data
     model, meta = model_artifact.load(served.base / "model")
     prep = meta.preprocessing
     for name in ("test/cone/cone_002.jpg", "test/ring/ring_003.png"):
-        dataset = data.ImageDataset([(sample_data / name, 0)], data.EvalCrop(prep))
+        dataset = data.ImageDataset([(sample_data / name, 0)], crops.EvalCrop(prep))
         with torch.no_grad():
             expected = model(model_artifact.normalize(dataset[0][0], prep).unsqueeze(0)).softmax(1)[0]
         status, body = predict(served.port, (sample_data / name).read_bytes(), "image/jpeg", Accept="application/json")

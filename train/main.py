@@ -20,6 +20,7 @@ from train import (
     cache,
     checkpoint,
     config,
+    crops,
     data,
     distributed,
     loop,
@@ -83,9 +84,9 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep) -> tup
     for name, channel in (("train", "training"), ("val", "validation"), ("test", "test")):
         samples, training = getattr(splits, name), name == "train"
         if training:
-            load = data.TrainCrop(prep, args.crop_min_scale, args.max_image_pixels, training_cache)
+            load = crops.TrainCrop(prep, args.crop_min_scale, args.max_image_pixels, training_cache)
         else:
-            load = data.EvalCrop(prep, args.max_image_pixels, evaluation_cache if name == "val" else None)
+            load = crops.EvalCrop(prep, args.max_image_pixels, evaluation_cache if name == "val" else None)
         dataset = data.ImageDataset(samples, load)
         sampler = data.EpochSampler(len(samples), ctx.rank, ctx.world_size, args.seed, shuffle=training)
         loader = data.make_loader(dataset, sampler, args.batch_size, workers, training, pin)
