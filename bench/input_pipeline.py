@@ -1,6 +1,6 @@
 """CPU time per training image before the device: the course's stock pipeline against ours.
 
-    python bench/input_pipeline.py [--photos build/photos] [--images 512] [--rounds 3]
+    python bench/input_pipeline.py [--photos build/photos] [--images 512] [--rounds 5]
 
 The photos are real JPEGs that a registry ships: the example images of Debian's ``opencv-doc``
 package (RGB photos at least 150 pixels on the short side; fetched with ``apt-get download``
@@ -156,7 +156,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=Path("build/photos"))
     parser.add_argument("--images", type=int, default=512)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     torch.set_num_threads(1)
     photos = fetch_photos(args.photos)

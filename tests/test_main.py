@@ -51,6 +51,15 @@ def test_resolved_configuration_and_throughput_are_logged(trained_job):
     assert re.search(r"img_per_sec=[0-9.]+ data_wait=0\.[0-9]+", result.stdout)
 
 
+def test_a_job_of_several_epochs_fills_the_input_cache_once(trained_job):
+    base, result = trained_job
+    built = re.search(r"input cache built in epoch 1 \([0-9]+ s with validation\): (\d+) images", result.stdout)
+    assert built and int(built.group(1)) == 240 + 60  # the training and validation images, each once
+    cached = base / "tmp" / "input-cache"
+    assert len(list((cached / "training").glob("*.rgb"))) == 240
+    assert len(list((cached / "evaluation").glob("*.rgb"))) == 60
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
