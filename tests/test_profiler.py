@@ -150,7 +150,9 @@ def profiled_run(base: Path, channels: dict, hyperparameters: dict) -> tuple[dic
 def test_a_starved_loader_is_flagged(sample_data, tmp_path):
     photos = starved_photos(tmp_path / "photos", sample_data)
     channels = {"training": photos, "validation": sample_data / "validation"}
-    found, stats = profiled_run(tmp_path / "job", channels, {"epochs": "2", "num-workers": "1", "profile-steps": "1"})
+    # no input cache: it would feed epoch 2 (the measured one) without decoding, and the loader would keep up
+    hyperparameters = {"epochs": "2", "num-workers": "1", "profile-steps": "1", "input-cache": "off"}
+    found, stats = profiled_run(tmp_path / "job", channels, hyperparameters)
     assert stats["steps"] == 10 and stats["steady_steps"] == 5  # 80 photos, batch 16, 2 epochs
     loader = found["LoaderBottleneck"]
     assert loader["triggered"], loader  # measured 0.62-0.80 on 2 busy cores; threshold 0.25
