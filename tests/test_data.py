@@ -192,6 +192,18 @@ def test_loader_yields_batches_from_a_worker(tmp_path):
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [4, 4]  # the size-2 remainder is dropped for BatchNorm
     assert batches[0][0].dtype == torch.uint8  # normalized on the device
+    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)  # as the model takes it: no conversion
+    direct = [loader.dataset[i] for i in range(4)]
+    assert data.collate(direct)[0].shape == (4, 3, 16, 16)
+
+
+def test_a_batch_keeps_each_image_whatever_its_memory_layout():
+    torch.manual_seed(0)
+    chw = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)  # as eval_pixels makes them
+    hwc = torch.randint(0, 256, (8, 8, 3), dtype=torch.uint8).permute(2, 0, 1)  # as the crops make them
+    images, labels, bad = data.collate([(chw, 0, 0), (None, 1, 1), (hwc, 2, 2)])
+    assert torch.equal(images[0], chw) and torch.equal(images[1], hwc)
+    assert labels.tolist() == [0, 2] and bad == [1]
 
 
 def _dataset(samples, **kw) -> data.ImageDataset:

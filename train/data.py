@@ -228,18 +228,19 @@ class ImageDataset(Dataset):
 
 
 def collate(batch):
-    """Stack the readable images (uint8: ``model_artifact.normalize`` runs on the device);
-    report the indices of unreadable ones."""
+    """Stack the readable images into a uint8 batch in channels-last memory (as the model takes
+    it; ``model_artifact.normalize`` runs on the device); report the indices of unreadable ones."""
     good = [item for item in batch if item[0] is not None]
     bad = [item[2] for item in batch if item[0] is None]
     if not good:
         return None, None, bad
-    images = [item[0] for item in good]
+    # (H, W, 3) views: the crops are channels-last already, so stacking them is a plain copy
+    pixels = [item[0].permute(1, 2, 0) for item in good]
     out = None
     if torch.utils.data.get_worker_info() is not None:  # as default_collate: into shared memory, no copy to send
-        storage = images[0]._typed_storage()._new_shared(len(images) * images[0].numel(), device=images[0].device)
-        out = images[0].new(storage).resize_(len(images), *images[0].shape)
-    images = torch.stack(images, out=out)
+        storage = pixels[0]._typed_storage()._new_shared(len(pixels) * pixels[0].numel(), device=pixels[0].device)
+        out = pixels[0].new(storage).resize_(len(pixels), *pixels[0].shape)
+    images = torch.stack(pixels, out=out).permute(0, 3, 1, 2)
     labels = torch.tensor([item[1] for item in good])
     return images, labels, bad
 
