@@ -145,3 +145,14 @@ def test_the_cache_folder_and_size_are_hyperparameters(tmp_path):
     training, _ = main.input_caches(args, SimpleNamespace(base_dir=tmp_path), distributed.Context())
     assert training.folder == tmp_path / "fast" / "training" and training.short_side == 300
     assert "input_cache_dir" in config.OPERATIONAL  # a checkpoint resumes with another folder
+
+
+def test_a_large_disk_keeps_4_gib_free_not_10_percent(tmp_path, monkeypatch):
+    pixels_cache = cache.PixelCache(tmp_path, 64)
+    tib = 1 << 40
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: DiskUsage(tib, tib - (5 << 30), 5 << 30))
+    pixels_cache.put("a", _pixels(10, 10))  # 5 GiB free of 1 TiB: under 10%, over 4 GiB
+    assert not pixels_cache.full and pixels_cache.usage()[0] == 1
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda _: DiskUsage(tib, tib - (4 << 30), 4 << 30))
+    pixels_cache.put("b", _pixels(10, 10))
+    assert pixels_cache.full and pixels_cache.usage()[0] == 1

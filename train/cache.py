@@ -5,8 +5,8 @@ pixels (never enlarged; 2 x image-size by default, so most drawn crops still shr
 image size); later epochs read back only the rows of the drawn crop, then crop and resize: no
 decoding. Evaluation images are kept as the exact center crops that evaluation feeds the model.
 Entries are raw RGB, written atomically, so the processes of a host (sharing the folder) fill it
-together. Writing stops, with one warning, where the disk would keep less than
-``RESERVE_FRACTION`` of itself free; the images not cached are decoded as without a cache.
+together. Writing stops, with one warning, where the disk would keep less than 10% of itself
+or 4 GiB free (whichever is less); the images not cached are decoded as without a cache.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from torchvision.transforms.v2 import functional
 
 log = logging.getLogger(__name__)
 HEADER = 8  # two little-endian uint32: height, width; then height * width * 3 bytes (RGB, row by row)
-RESERVE_FRACTION = 0.1  # of the disk, left free
+RESERVE_FRACTION, RESERVE_BYTES = 0.1, 4 << 30  # left free: 10% of the disk or 4 GiB, whichever is less
 MIN_EPOCHS = 2  # input-cache=auto: a one-epoch job decodes each image once anyway
 Box = tuple[int, int, int, int]  # top, left, height, width
 
@@ -74,12 +74,11 @@ class PixelCache:
 
     def _reserve_reached(self, size: int) -> bool:
         disk = shutil.disk_usage(self.folder)
-        if disk.free - size >= RESERVE_FRACTION * disk.total:
+        reserve = min(RESERVE_FRACTION * disk.total, RESERVE_BYTES)
+        if disk.free - size >= reserve:
             return False
         self.full = True
-        log.warning(
-            "input cache full: %s would leave less than %.0f%% of its disk free", self.folder, 100 * RESERVE_FRACTION
-        )
+        log.warning("input cache full: %s would leave less than %.1f GB of its disk free", self.folder, reserve / 1e9)
         return True
 
     @staticmethod
