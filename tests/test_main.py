@@ -53,8 +53,9 @@ def test_resolved_configuration_and_throughput_are_logged(trained_job):
 
 def test_a_job_of_several_epochs_fills_the_input_cache_once(trained_job):
     base, result = trained_job
-    built = re.search(r"input cache built in epoch 1 \([0-9]+ s with validation\): (\d+) images", result.stdout)
-    assert built and int(built.group(1)) == 240 + 60  # the training and validation images, each once
+    built = re.findall(r"input cache after epoch 1 \([0-9]+ s with validation\): (\d+) images", result.stdout)
+    assert len(re.findall(r"input cache after epoch", result.stdout)) == 1  # logged once
+    assert built == [str(240 + 60)]  # the training and validation images, each once
     cached = base / "tmp" / "input-cache"
     assert len(list((cached / "training").glob("*.rgb"))) == 240
     assert len(list((cached / "evaluation").glob("*.rgb"))) == 60
@@ -121,6 +122,7 @@ def test_sigterm_mid_epoch_checkpoints_and_a_restart_completes(sample_data, tmp_
     result = run_train(base)
     assert result.returncode == 0, result.stdout[-3000:]
     assert re.search(r"resumed from checkpoint: epoch 2, \d+ batches done", result.stdout)
+    assert re.search(r"input cache after epoch 2 ", result.stdout)  # the cache is refilled, and said so
     history = json.loads((base / "output" / "data" / "metrics.json").read_text())["history"]
     assert [r["epoch"] for r in history] == [1, 2, 3]
     assert len(re.findall(r"^epoch=", result.stdout, re.M)) == 2  # epochs 2 and 3 this time

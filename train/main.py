@@ -68,6 +68,7 @@ class Job:
     stop: StopRequest
     record: checkpoint.Record = field(default_factory=checkpoint.Record)
     profiler: profiler.Profiler | None = None  # only with profile=true
+    cache_reported: bool = False  # the input cache's size is logged once, after this run's first epoch
 
     @property
     def identity(self) -> dict:
@@ -191,8 +192,8 @@ def run_epoch(job: Job, epoch: int, meter: Meter) -> None:
             f"checkpoint saved in {args.checkpoint_dir}: rerun the job with it to resume"
         )
     record = epoch_record(job, epoch, meter, started)
-    if epoch == 0 and job.train.cache and job.ctx.local_rank == 0:
-        log_cache(job, time.perf_counter() - started)
+    if job.train.cache and not job.cache_reported and job.ctx.local_rank == 0:
+        log_cache(job, epoch, time.perf_counter() - started)
     job.record.history.append(record)
     if job.ctx.is_main:
         print(metrics.epoch_line(record), flush=True)
@@ -208,11 +209,18 @@ def run_epoch(job: Job, epoch: int, meter: Meter) -> None:
         raise Stopped(f"stopped by signal after epoch {epoch + 1}; checkpoint saved in {args.checkpoint_dir}")
 
 
-def log_cache(job: Job, seconds: float) -> None:
-    """What the input cache holds after the epoch that built it."""
+def log_cache(job: Job, epoch: int, seconds: float) -> None:
+    """What the input cache holds after the first epoch of this run (a resumed job's too)."""
     used = [split.cache.usage() for split in (job.train, job.val) if split.cache]
     entries, size = sum(u[0] for u in used), sum(u[1] for u in used)
-    log.info("input cache built in epoch 1 (%.0f s with validation): %d images, %.2f GB", seconds, entries, size / 1e9)
+    log.info(
+        "input cache after epoch %d (%.0f s with validation): %d images, %.2f GB",
+        epoch + 1,
+        seconds,
+        entries,
+        size / 1e9,
+    )
+    job.cache_reported = True
 
 
 def finish(job: Job) -> None:
