@@ -108,7 +108,7 @@ def test_demo_prints_phases_and_predictions_and_logs_the_rest(fake_sdk, tmp_path
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     assert lines[0] == "[1/4] training in local mode ..."
-    assert re.fullmatch(r"\[1/4\] training in local mode: epoch 3/12 \(\d+ s\)", lines[1])
+    assert re.fullmatch(r"\[1/4\] training in local mode: epoch 4/16 \(\d+ s\)", lines[1])
     assert re.fullmatch(r"\[1/4\] training in local mode ... done in \d+ s \(best val accuracy 95%\)", lines[4])
     assert "[2/4] deploying the endpoint ..." in lines
     assert any(re.fullmatch(r"\[3/4\] classifying 20 test images: 10/20 \(\d+ s\)", line) for line in lines)
