@@ -1,7 +1,7 @@
 """Does the input pipeline keep a GPU busy? ResNet18 training img/s on one GPU: synthetic
 batches already on the GPU (the ceiling), then the trainer's real loader on real photos with the
 process held to 4 and 8 vCPUs (ml.g4dn.xlarge, ml.g5.2xlarge), without and with the input cache;
-GPU utilisation sampled with nvidia-smi during each measurement.
+GPU utilisation sampled with nvidia-smi during each measurement (``gpu_serving.Utilisation``).
 
     python bench/gpu_input.py [--photos build/photos] [--images 4096] [--batch-size 128] [--cpus 4 8]
 
@@ -14,12 +14,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -28,7 +27,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from input_pipeline import image_folder  # bench/, this script's folder
+from gpu_serving import Utilisation  # bench/, this script's folder
+from input_pipeline import image_folder
 
 import model_artifact
 from train import cache, config, crops, data, loop, precision
@@ -44,35 +44,6 @@ def build_step(device: torch.device, image_size: int) -> loop.Step:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     prep = model_artifact.Preprocessing.for_image_size(image_size)
     return loop.Step(net, net, nn.CrossEntropyLoss(), optimizer, scaler, device, dtype, True, prep)
-
-
-class Utilisation:
-    """GPU utilisation (%) sampled every 0.2 s by nvidia-smi while running (nothing without it)."""
-
-    def __init__(self) -> None:
-        self.samples: list[float] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-
-    def _sample(self) -> None:
-        query = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", "0"]
-        while not self._stop.wait(0.2):
-            try:
-                self.samples.append(float(subprocess.run(query, capture_output=True, text=True, timeout=5).stdout))
-            except (OSError, ValueError, subprocess.TimeoutExpired):
-                return
-
-    def __enter__(self) -> Utilisation:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def mean(self) -> float | None:
-        return statistics.mean(self.samples) if self.samples else None
 
 
 def synchronize(device: torch.device) -> None:
@@ -147,7 +118,7 @@ def run_child(args: argparse.Namespace, cpus: int, use_cache: bool) -> dict:
 
 
 def describe(result: dict) -> str:
-    util = "n/a" if result.get("gpu_util") is None else f"{result['gpu_util']:.0f}%"
+    util = "n/a" if math.isnan(result["gpu_util"]) else f"{result['gpu_util']:.0f}%"
     return f"{result['img_per_s']:7.0f} img/s, GPU busy {util}"
 
 

@@ -31,14 +31,20 @@ sys.path[:0] = [str(REPO), str(DEPS)]
 
 
 class Utilisation:
-    """The GPU's utilisation, sampled by nvidia-smi while the block runs."""
+    """The GPU's utilisation, sampled by nvidia-smi while the block runs (NaN without nvidia-smi)."""
 
     def __enter__(self) -> Utilisation:
         command = ["nvidia-smi", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-lms", "200"]
-        self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        try:
+            self.process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
+        except FileNotFoundError:  # a machine without a GPU (bench/gpu_input.py's CPU smoke test)
+            self.process = None
         return self
 
     def __exit__(self, *exc) -> None:
+        if self.process is None:
+            self.mean = float("nan")
+            return
         self.process.terminate()
         out = self.process.communicate()[0]
         samples = [int(line.split(",")[0]) for line in out.split() if line.strip().isdigit()]

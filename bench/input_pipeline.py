@@ -25,9 +25,7 @@ stock / ours without the cache.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -39,6 +37,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from serve_runtimes import cpu_model  # bench/, this script's folder
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
@@ -144,14 +143,6 @@ def describe(photos: list[Path]) -> str:
     return f"{len(photos)} photos from Debian's {PACKAGE}, median {pixels / 1e3:.0f} kpixels ({sizes[len(sizes) // 2]})"
 
 
-def machine() -> str:
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration):
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-        name = next(line.split(":", 1)[1].strip() for line in lines if line.startswith("model name"))
-    return f"{name}, {os.cpu_count()} vCPUs, torch CPU capability {torch.backends.cpu.get_cpu_capability()}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=Path("build/photos"))
@@ -160,7 +151,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     photos = fetch_photos(args.photos)
-    print(f"machine: {machine()}\nimages: {describe(photos)}, {args.images} per epoch, batch {BATCH_SIZE}, 1 worker")
+    print(f"{cpu_model()}; torch CPU capability {torch.backends.cpu.get_cpu_capability()}")
+    print(f"images: {describe(photos)}, {args.images} per epoch, batch {BATCH_SIZE}, 1 worker")
     with tempfile.TemporaryDirectory() as tmp:
         samples = image_folder(photos, args.images, Path(tmp) / "images")
         pixels = cache.PixelCache(Path(tmp) / "cache", 2 * IMAGE_SIZE)
