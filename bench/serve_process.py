@@ -9,10 +9,12 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -52,13 +54,17 @@ def predict(port: int, data: bytes, content_type: str = "image/jpeg", **headers:
 
 
 class Server:
-    """One ``serve`` process in its own session, logging to a file."""
+    """One ``serve`` process in its own session, logging to a file, with its own TMPDIR (where
+    it stages the model: removed once the process has gone, however it went)."""
 
     def __init__(self, base: Path, **env: str):
         self.base, self.port = base, free_port()
         self.log_path = base / "serve.log"
+        self.tmp = Path(tempfile.mkdtemp(prefix="serve-harness-"))
+        self.left_in_tmp: list[str] = []
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "SERVE_"))}
         environment |= {"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(self.port)} | env
+        environment["TMPDIR"] = str(self.tmp)
         with open(self.log_path, "w") as log:
             self.process = subprocess.Popen(
                 [str(SERVE_BIN)],
@@ -97,7 +103,7 @@ class Server:
         return time.monotonic() - started
 
     def kill_leftovers(self) -> list[int]:
-        """Kill anything still in the server's session (there should be nothing)."""
+        """Kill anything still in the server's session (there should be nothing), then remove its TMPDIR."""
         import psutil
 
         left = [p for p in psutil.process_iter() if _session(p) == self.process.pid and p.pid != self.process.pid]
@@ -106,6 +112,10 @@ class Server:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+        psutil.wait_procs(left, timeout=10)
+        if self.tmp.is_dir():  # what serve itself left there: tests assert it is nothing
+            self.left_in_tmp = sorted(p.name for p in self.tmp.iterdir())
+            shutil.rmtree(self.tmp, ignore_errors=True)
         return [p.pid for p in left]
 
 

@@ -126,8 +126,9 @@ def drop_privileges(user: pwd.struct_passwd | None) -> None:
 
 def preflight(model_dir: Path, cwd: Path) -> None:
     """Load and warm up the model in a throw-away process; exit with its reason if it fails."""
+    env = os.environ | {"TEMP": str(cwd), "TMPDIR": str(cwd)}  # as the workers: temp files in the scratch folder
     result = subprocess.run(
-        [sys.executable, "-m", "serve.handler", str(model_dir)], capture_output=True, text=True, cwd=cwd
+        [sys.executable, "-m", "serve.handler", str(model_dir)], capture_output=True, text=True, cwd=cwd, env=env
     )
     output = (result.stdout + result.stderr).strip().splitlines()
     if result.returncode != 0:
@@ -194,21 +195,19 @@ class Lifecycle:
             timer.start()
 
 
-def prepare(settings: Settings) -> tuple[ServerFolder, pwd.struct_passwd | None, Path | None]:
-    """As the starting user: the server's folder and the staged model (none: multi-model)."""
-    user = server_user(settings.user)
-    folder = ServerFolder(user)
+def prepare(settings: Settings, folder: ServerFolder) -> Path | None:
+    """As the starting user: stage the model into the server's folder (none: multi-model)."""
     source = settings.base_dir / "model"
     if settings.program:  # script mode: the deployer chose to run the code in the model
-        return folder, user, stage_script(settings, source, folder)
+        return stage_script(settings, source, folder)
     if settings.multi_model:
-        return folder, user, None
+        return None
     known = (*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES)
     unused = sorted(p.name for p in source.iterdir() if p.name not in known) if source.is_dir() else []
     if unused:  # e.g. code/ of a model packed for AWS's containers: never imported here
         log.info("serving %s only; not used from %s: %s", ", ".join(known), source, ", ".join(unused[:10]))
     try:
-        return folder, user, folder.stage(source)
+        return folder.stage(source)
     except (model_artifact.ArtifactError, OSError) as exc:
         log.error("pre-flight: the model in %s cannot serve: %s", source, first_line(exc))
         sys.exit(1)
@@ -270,13 +269,12 @@ def serve_until_stopped(lifecycle: Lifecycle, sock, port: int) -> None:
     lifecycle.listener.run(sockets=[sock])
 
 
-def clean_up(registry: Registry, folder: ServerFolder) -> None:
-    """Stop the workers (killed after the grace), what they left running, and remove the server's folder."""
+def clean_up(registry: Registry) -> None:
+    """Stop the workers (killed after the grace) and what they left running."""
     registry.stop(signal.SIGTERM)
     registry.wait(STOP_GRACE_SECONDS / 2)
     registry.stop(signal.SIGKILL)
     stop_descendants()
-    shutil.rmtree(folder.root, ignore_errors=True)
 
 
 def exit_status(lifecycle: Lifecycle) -> None:
@@ -295,7 +293,20 @@ def main() -> None:
     lifecycle = Lifecycle()
     lifecycle.install()
     raise_open_files_limit()
-    folder, user, model_dir = prepare(settings)
+    user = server_user(settings.user)
+    folder = ServerFolder(user)
+    try:  # every way out, a failed start's included, removes the staged model (best effort once
+        run(settings, lifecycle, folder, user, gpus)  # privileges are gone: a container's disk goes with it)
+    finally:
+        shutil.rmtree(folder.root, ignore_errors=True)
+    exit_status(lifecycle)
+
+
+def run(
+    settings: Settings, lifecycle: Lifecycle, folder: ServerFolder, user: pwd.struct_passwd | None, gpus: int
+) -> None:
+    """Stage, drop privileges, check the model, then answer until stopped."""
+    model_dir = prepare(settings, folder)
     sock = listener.bind(settings.port)  # before privileges go: the port may be below 1024
     drop_privileges(user)
     export_settings(settings)
@@ -308,8 +319,7 @@ def main() -> None:
     if model_dir is not None:  # a single-model endpoint; a multi-model one waits for POST /models
         registry.add("model", str(settings.base_dir / "model"), model_dir)
     serve_until_stopped(lifecycle, sock, settings.port)
-    clean_up(registry, folder)
-    exit_status(lifecycle)
+    clean_up(registry)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ def test_a_broken_artifact_stops_the_container_with_the_reason(artifact, tmp_pat
     assert wait_exit(server) == 1
     assert "cannot serve" in server.log and "checksum" in server.log
     assert "Traceback" not in server.log and not mms_processes()
+    assert server.left_in_tmp == [], "the failed start left its staged model behind"
 
 
 def test_a_missing_model_stops_the_container(tmp_path):
@@ -85,6 +86,7 @@ def test_sigterm_stops_server_and_workers_cleanly(artifact, tmp_path, sample_dat
     seconds = server.stop()
     assert server.process.returncode == 0 and seconds < 30
     assert not mms_processes() and not server.kill_leftovers()
+    assert server.left_in_tmp == [], "the stopped server left its staged model behind"
 
 
 def test_multi_model_load_list_invoke_unload(artifact, tmp_path, sample_data):
