@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+import weakref
 from pathlib import Path
 
 SERVE_BIN = Path(sys.executable).parent / "serve"
@@ -62,6 +63,7 @@ class Server:
         self.log_path = base / "serve.log"
         self.tmp = Path(tempfile.mkdtemp(prefix="serve-harness-"))
         self.left_in_tmp: list[str] = []
+        weakref.finalize(self, shutil.rmtree, self.tmp, True)  # for a server nobody stopped
         environment = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "SERVE_"))}
         environment |= {"SAGEMAKER_BASE_DIR": str(base), "SAGEMAKER_BIND_TO_PORT": str(self.port)} | env
         environment["TMPDIR"] = str(self.tmp)
