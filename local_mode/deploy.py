@@ -59,11 +59,15 @@ def _endpoint_stopped(args: threading.ExceptHookArgs) -> None:
     print(f"the local endpoint stopped: {str(args.exc_value).splitlines()[0][:200]}", file=sys.stderr)
 
 
+def content_type_of(path: Path) -> str:
+    """The Content-Type to send an image file with (by its name; the server checks the bytes)."""
+    return mimetypes.guess_type(path.name)[0] or "application/x-image"
+
+
 def classify(predictor, path: Path, top_k: int = 3) -> dict:
     """The endpoint's answer for one image file."""
-    content_type = mimetypes.guess_type(path.name)[0] or "application/x-image"
     return predictor.predict(
-        path.read_bytes(), initial_args={"ContentType": content_type, "CustomAttributes": f"top_k={top_k}"}
+        path.read_bytes(), initial_args={"ContentType": content_type_of(path), "CustomAttributes": f"top_k={top_k}"}
     )
 
 

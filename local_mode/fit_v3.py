@@ -17,37 +17,14 @@ with its own ``bash sm_train.sh``, which runs the script with its own drivers.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 from common.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
 from local_mode.fit import TrainingFailed, channels_of, hyperparameters_of  # shared with SDK v2 training
-from local_mode.session import PreflightError, config_file, preflight, remove_jobs
-
-CONFIG_OVERRIDE = "SAGEMAKER_USER_CONFIG_OVERRIDE"
-IMDS_OFF = "AWS_EC2_METADATA_DISABLED"  # local data and a local image need no credentials
-
-
-@contextlib.contextmanager
-def offline() -> Iterator[None]:
-    """While the job runs: telemetry off (v3 reads v2's ``TelemetryOptOut``), and no probe of the EC2
-    metadata service for credentials (the session the SDK builds for telemetry looks for them)."""
-    overrides = {CONFIG_OVERRIDE: str(config_file()), IMDS_OFF: os.environ.get(IMDS_OFF, "true")}
-    saved = {name: os.environ.get(name) for name in overrides}
-    os.environ.update(overrides)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+from local_mode.session import PreflightError, offline, preflight, remove_jobs
 
 
 def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, compute: dict, root: Path,
@@ -92,7 +69,7 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
         output_dir: str | Path = "build/train-v3", instance_type: str = "local_cpu",
         source: dict | None = None) -> str:  # fmt: skip
     """Run a local training job with the image; returns the path of its model.tar.gz in ``output_dir``."""
-    preflight("local_gpu" if instance_type == "local_gpu" else "local")
+    preflight("local_gpu" if instance_type == "local_gpu" else "local", sdk=3)
     channels = {name: uri.removeprefix("file://") for name, uri in channels_of(data).items()}
     root = Path(tempfile.mkdtemp(prefix="sagemaker-v3-"))
     compute = {"instance_type": instance_type, "instance_count": instance_count}

@@ -1,41 +1,99 @@
-"""A SageMaker SDK v2 session for local mode: no telemetry, no call to AWS, checked first.
+"""Local mode for SDK v2 and v3: preflight, an SDK v2 session, no telemetry, clean-up.
 
-Preflight answers the usual failures with what to do: no Docker engine, no compose, no GPU
-runtime for ``local_gpu``, no region.
+Preflight answers the usual failures with what to do: no Docker engine, no compose that the
+SDK runs, no GPU runtime for ``local_gpu``, no region. SDK v2's deprecation warning is left
+to show: docs/local-mode.md#sdk-versions says what it means for users.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
+import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 CONFIG = "SchemaVersion: '1.0'\nSageMaker:\n  PythonSDK:\n    Modules:\n      TelemetryOptOut: true\n"
 NETWORK = "sagemaker-local"  # the SDK's compose files attach every local job to it
 WORKDIR_LABEL = "com.docker.compose.project.working_dir"  # compose's label: the job's folder
 DUMMY_ROLE = "arn:aws:iam::111111111111:role/local-mode"  # local mode needs a role string, never uses it
+CONFIG_OVERRIDE = "SAGEMAKER_USER_CONFIG_OVERRIDE"
+IMDS_OFF = "AWS_EC2_METADATA_DISABLED"  # local data and a local image need no credentials
 
 
 class PreflightError(Exception):
     """Local mode cannot run here; the message says what to do."""
 
 
-def preflight(instance_type: str) -> None:
-    """Check what local mode needs before the SDK fails obscurely."""
+def preflight(instance_type: str, sdk: int = 2) -> None:
+    """Check what local mode needs before the SDK (``sdk``: its major version) fails obscurely."""
     if not (os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")):
         raise PreflightError("no AWS region: set AWS_DEFAULT_REGION (local mode needs one, not credentials)")
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         raise PreflightError("no Docker engine answers: run docker/engine.sh (or start Docker)")
-    if not shutil.which("docker-compose"):
-        raise PreflightError("docker-compose is missing: apt-get install docker-compose")
+    if compose_command(sdk) is None:
+        raise PreflightError(compose_missing(sdk))
     if instance_type == "local_gpu":
         runtimes = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
         if "nvidia" not in runtimes.stdout:
             raise PreflightError("local_gpu needs the NVIDIA container runtime (nvidia-container-toolkit)")
+
+
+def compose_plugin_version() -> str:
+    """What ``docker compose version`` prints (the Compose v2+ plugin), or '' without the plugin."""
+    try:
+        result = subprocess.run(["docker", "compose", "version"], capture_output=True, text=True)
+    except FileNotFoundError:
+        return ""
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def compose_command(sdk: int = 2) -> list[str] | None:
+    """The compose command SDK ``sdk``'s local mode will run, by the SDK's own rule, or None.
+
+    Both prefer the plugin. SDK v2 takes it only if its version string contains "v2" (Compose
+    v5's plugin is refused there); SDK v3 takes any major version from 2. Else ``docker-compose``.
+    """
+    version = compose_plugin_version()
+    if sdk >= 3:
+        match = re.search(r"version\s+v?(\d+)", version)
+        plugin = bool(match and int(match.group(1)) >= 2)
+    else:
+        plugin = "v2" in version
+    if plugin:
+        return ["docker", "compose"]
+    return ["docker-compose"] if shutil.which("docker-compose") else None
+
+
+def compose_missing(sdk: int) -> str:
+    """One line: why SDK ``sdk`` finds no compose here, and what to install."""
+    version = compose_plugin_version()
+    if version and sdk < 3:  # a plugin SDK v2 does not recognize (e.g. Compose v5)
+        return (f"SDK v2's local mode runs the docker compose plugin only at version 2.x (this one: {version!r}): "
+                "install docker-compose, or use SDK v3 (.venv-sdk3)")  # fmt: skip
+    return "no Docker Compose: install the docker compose plugin, or docker-compose (apt-get install docker-compose)"
+
+
+@contextlib.contextmanager
+def offline() -> Iterator[None]:
+    """For SDK v3 local mode: telemetry off (v3 reads v2's ``TelemetryOptOut``), and no probe of the
+    EC2 metadata service for credentials (the session the SDK builds for telemetry looks for them)."""
+    overrides = {CONFIG_OVERRIDE: str(config_file()), IMDS_OFF: os.environ.get(IMDS_OFF, "true")}
+    saved = {name: os.environ.get(name) for name in overrides}
+    os.environ.update(overrides)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def config_file() -> Path:
@@ -50,8 +108,7 @@ def config_file() -> Path:
 
 def local_session(container_root: Path | None = None):
     """A ``LocalSession`` with telemetry off and its temporary folders under ``container_root``."""
-    os.environ["SAGEMAKER_USER_CONFIG_OVERRIDE"] = str(config_file())
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what local mode here targets
+    os.environ[CONFIG_OVERRIDE] = str(config_file())
     from sagemaker.local import LocalSession  # after the override: the SDK reads it on import
 
     # The SDK logs "will collect telemetry" before it reads the opt-out, and a rootless-Docker

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -37,7 +36,6 @@ def tuner(image_uri: str, role: str, instance_type: str = "ml.g5.xlarge", max_jo
 
     ``early_stopping="Auto"`` lets SageMaker stop jobs whose per-epoch objective lags, as the
     local search's pruner does."""
-    os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")  # v2 is what this project targets
     from sagemaker.estimator import Estimator
     from sagemaker.tuner import HyperparameterTuner
 
