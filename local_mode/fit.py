@@ -5,6 +5,9 @@
         [--hyperparameters-file build/tune/best-hyperparameters.json] \\
         [--entry-point train_model.py --source-dir examples/script_mode [--torch-distributed]]
 
+Cloud jobs take managed spot (``--spot``), ``--max-run``, ``--max-wait`` and ``--checkpoint-s3-uri``
+(``CloudLimits``; docs/training.md#spot-and-time-limits).
+
 With ``--entry-point`` the image runs that script from ``--source-dir`` (script mode) instead of
 its built-in trainer; ``--torch-distributed`` starts it with torchrun on every instance.
 
@@ -42,18 +45,21 @@ def channels_of(data: str) -> dict[str, str]:
 
 def fit(image_uri: str, data: str, hyperparameters: dict, instance_type: str = "local", instance_count: int = 1,
         role: str = local.DUMMY_ROLE, output_path: str | None = None, session=None,
-        environment: dict | None = None, job_name: str | None = None, script: Script | None = None) -> str:  # fmt: skip
+        environment: dict | None = None, job_name: str | None = None, script: Script | None = None,
+        limits: CloudLimits | None = None) -> str:  # fmt: skip
     """Run a training job; returns the model artifact's URI (model.tar.gz).
 
     ``hyperparameters`` is copied: the SDK adds its ``sagemaker_*`` keys to the dict it is given.
     """
-    is_local = instance_type.startswith("local")
+    is_local, limits = instance_type.startswith("local"), limits or CloudLimits()
+    if is_local:
+        limits.check_local()
     if is_local and session is None:  # callers that pass a session checked before making it
         local.preflight(instance_type)
     estimator = (script or BUILT_IN).estimator(
         image_uri=image_uri, role=role, instance_count=instance_count, instance_type=instance_type,
         hyperparameters=dict(hyperparameters), output_path=output_path, environment=environment,
-        sagemaker_session=session or (local.local_session() if is_local else None),
+        sagemaker_session=session or (local.local_session() if is_local else None), **limits.estimator_kwargs(),
     )  # fmt: skip
     try:
         estimator.fit(channels_of(data), job_name=job_name, wait=True, logs=True)
@@ -89,6 +95,65 @@ class Script:
 
 
 BUILT_IN = Script()
+DEFAULT_MAX_RUN = 86400  # SageMaker's own default, 24 hours (SDK v3's ModelTrainer would stop a job at 1 hour)
+
+
+@dataclass(frozen=True)
+class CloudLimits:
+    """A cloud training job's managed spot, time limits and checkpoint upload (docs/training.md#spot).
+
+    On a spot interruption SageMaker restarts the job, which resumes from the checkpoints it
+    uploaded to ``checkpoint_s3_uri`` and downloaded back into /opt/ml/checkpoints.
+    """
+
+    spot: bool = False
+    max_run: int = DEFAULT_MAX_RUN  # seconds of training before SageMaker stops the job
+    max_wait: int | None = None  # spot: seconds of waiting for capacity plus training (default 2 x max_run)
+    checkpoint_s3_uri: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_run <= 0:
+            raise ValueError(f"--max-run must be a positive number of seconds, not {self.max_run}")
+        if self.max_wait is not None and not self.spot:
+            raise ValueError("--max-wait applies to spot jobs only: add --spot")
+        if self.max_wait is not None and self.max_wait < self.max_run:
+            raise ValueError(f"--max-wait ({self.max_wait} s) must be at least --max-run ({self.max_run} s)")
+        if self.checkpoint_s3_uri and not self.checkpoint_s3_uri.startswith("s3://"):
+            raise ValueError(f"--checkpoint-s3-uri must be an s3:// URI, not {self.checkpoint_s3_uri!r}")
+
+    @property
+    def wait(self) -> int | None:
+        """MaxWaitTimeInSeconds: spot only."""
+        return (self.max_wait or 2 * self.max_run) if self.spot else None
+
+    def check_local(self) -> None:
+        """Local mode has no spot capacity and uploads no checkpoints: refuse what it would ignore."""
+        if self.spot or self.checkpoint_s3_uri:
+            raise ValueError("--spot and --checkpoint-s3-uri apply to cloud jobs (an ml.* instance type)")
+
+    def estimator_kwargs(self) -> dict:
+        """SDK v2 ``Estimator`` arguments."""
+        return {"max_run": self.max_run, "use_spot_instances": self.spot, "max_wait": self.wait,
+                "checkpoint_s3_uri": self.checkpoint_s3_uri}  # fmt: skip
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument(
+            "--spot", action="store_true", help="cloud: managed spot training (needs --checkpoint-s3-uri)"
+        )
+        parser.add_argument(
+            "--max-run", type=int, default=DEFAULT_MAX_RUN, help="cloud: seconds before the job is stopped"
+        )
+        parser.add_argument(
+            "--max-wait", type=int, help="cloud, spot: seconds of waiting plus running (default 2 x max-run)"
+        )
+        parser.add_argument("--checkpoint-s3-uri", help="cloud: s3:// folder that /opt/ml/checkpoints is synced to")
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> CloudLimits:
+        return cls(args.spot, args.max_run, args.max_wait, args.checkpoint_s3_uri)
+
+
 # The metric line examples/script_mode/train_model.py prints, for SageMaker's metrics and tuner.
 EXAMPLE_METRICS = ({"Name": "test:accuracy", "Regex": r"test_accuracy=([0-9\.]+)"},)
 
@@ -137,6 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--entry-point", help="script mode: the user's training script, relative to --source-dir")
     parser.add_argument("--source-dir", help="script mode: the folder with the script (and requirements.txt)")
     parser.add_argument("--torch-distributed", action="store_true", help="script mode: start it with torchrun")
+    CloudLimits.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.torch_distributed and not args.entry_point:
         parser.error("--torch-distributed needs --entry-point (the built-in trainer distributes itself)")
@@ -146,11 +212,13 @@ def main(argv: list[str] | None = None) -> None:
     session = None
     try:
         hps = hyperparameters_of(args.hyperparameters_file, args.hp)
+        limits = CloudLimits.of(args)
         if is_local:
+            limits.check_local()
             local.preflight(args.instance_type)  # before the SDK's session, which fails obscurely without a region
             session = local.local_session()
         print(fit(args.image, args.data, hps, args.instance_type, args.instance_count, args.role, output, session,
-                  script=script))  # fmt: skip
+                  script=script, limits=limits))  # fmt: skip
     except (local.PreflightError, TrainingFailed, ValueError) as exc:
         sys.exit(f"error: {exc}")
     finally:

@@ -114,6 +114,23 @@ def test_cloud_tuner_sends_the_course_search_as_one_exact_request(stubbed):
     assert {"Name": "validation:accuracy", "Regex": OBJECTIVE_REGEX} in METRIC_DEFINITIONS
 
 
+def test_cloud_tuning_jobs_take_spot_limits_and_checkpoints(stubbed):
+    session, stub = stubbed
+    requests: list[dict] = []
+    session.sagemaker_client.meta.events.register(
+        "provide-client-params.sagemaker.CreateHyperParameterTuningJob", lambda params, **_: requests.append(params)
+    )
+    arn = "arn:aws:sagemaker:eu-west-1:123456789012:hyper-parameter-tuning-job/byoc-tune-2"
+    stub.add_response("create_hyper_parameter_tuning_job", {"HyperParameterTuningJobArn": arn})
+    limits = local_fit.CloudLimits(spot=True, max_run=3600, max_wait=10800, checkpoint_s3_uri="s3://bucket/checkpoints")
+    tuning = tune.tuner(IMAGE_URI, ROLE, session=session, output_path="s3://bucket/tuning", limits=limits)
+    tune.start_cloud(tuning, "s3://bucket/caltech256", job_name="byoc-tune-2")
+    (definition,) = [request["TrainingJobDefinition"] for request in requests]
+    assert definition["EnableManagedSpotTraining"] is True
+    assert definition["StoppingCondition"] == {"MaxRuntimeInSeconds": 3600, "MaxWaitTimeInSeconds": 10800}
+    assert definition["CheckpointConfig"] == {"S3Uri": "s3://bucket/checkpoints"}
+
+
 def test_cloud_best_becomes_a_file_that_local_mode_fit_reads(stubbed, tmp_path):
     session, stub = stubbed
     best = {

@@ -22,7 +22,7 @@ from pathlib import Path
 from common.arguments import number
 from common.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
 from local_mode import session as local
-from local_mode.fit import channels_of, hyperparameters_of
+from local_mode.fit import CloudLimits, channels_of, hyperparameters_of
 from tuning.space import COURSE_SPACE, TUNED, Space, fit_to_data, sagemaker_ranges, training_images, write_best
 
 SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # what SageMaker adds to a job's hyperparameters
@@ -31,7 +31,7 @@ SAGEMAKER_KEYS = ("sagemaker_", "_tuning_objective_metric")  # what SageMaker ad
 def tuner(image_uri: str, role: str, instance_type: str = "ml.g5.xlarge", max_jobs: int = 20,
           max_parallel_jobs: int = 2, hyperparameters: dict | None = None, session=None, space: Space = COURSE_SPACE,
           output_path: str | None = None, strategy: str = "Bayesian", early_stopping: str = "Auto",
-          seed: int | None = None):  # fmt: skip
+          seed: int | None = None, limits: CloudLimits | None = None):  # fmt: skip
     """SageMaker's ``HyperparameterTuner`` over our training image, maximizing validation:accuracy.
 
     ``early_stopping="Auto"`` lets SageMaker stop jobs whose per-epoch objective lags, as the
@@ -42,6 +42,7 @@ def tuner(image_uri: str, role: str, instance_type: str = "ml.g5.xlarge", max_jo
     estimator = Estimator(
         image_uri=image_uri, role=role, instance_count=1, instance_type=instance_type,
         hyperparameters=hyperparameters or {}, output_path=output_path, sagemaker_session=session,
+        **(limits or CloudLimits()).estimator_kwargs(),
     )  # fmt: skip
     return HyperparameterTuner(
         estimator, objective_metric_name=OBJECTIVE_METRIC, hyperparameter_ranges=sagemaker_ranges(space),
@@ -120,7 +121,7 @@ def run_cloud(args: argparse.Namespace) -> None:
     tuning = tuner(
         args.image, args.role, args.instance_type, args.max_jobs, args.max_parallel_jobs, static_of(args),
         space=space_of(args), output_path=args.output, strategy=args.strategy, early_stopping=args.early_stopping,
-        seed=args.seed,
+        seed=args.seed, limits=CloudLimits.of(args),
     )  # fmt: skip
     name = start_cloud(tuning, args.data, args.job_name)
     print(f"started tuning job {name}; when done: python -m tuning.tune cloud-best --job {name}")
@@ -176,6 +177,7 @@ def parser() -> argparse.ArgumentParser:
     cloud_p.add_argument("--early-stopping", choices=("Auto", "Off"), default="Auto")
     cloud_p.add_argument("--output", help="s3:// folder for the jobs' model.tar.gz (default: the SDK's bucket)")
     cloud_p.add_argument("--job-name", help="tuning job name (default: from the image name and time)")
+    CloudLimits.add_arguments(cloud_p)  # each training job's spot, time limits and checkpoints
     best_p.add_argument("--job", required=True, help="tuning job name")
     best_p.add_argument("--out", default="best-hyperparameters.json")
     return p
