@@ -1,8 +1,12 @@
-"""Train with the training image through the SageMaker Python SDK v3's ``ModelTrainer`` in local mode.
+"""Train with the training image through the SageMaker Python SDK v3's ``ModelTrainer``, locally or in the cloud.
 
     .venv-sdk3/bin/python -m local_mode.fit_v3 --image byoc-classifier-training:latest --data data/sample \\
         [--instance-type local_cpu|local_gpu] [--instance-count 2] [--output DIR] [--hp epochs=3 ...] \\
         [--source-dir examples/script_mode --entry-script train_model.py [--requirements requirements.txt]]
+
+In the cloud: an ECR image, ``--data s3://...``, an ``ml.*`` instance type, ``--role``, ``--output s3://...``,
+and optionally ``--spot``, ``--max-run``, ``--max-wait``, ``--checkpoint-s3-uri`` (as ``local_mode.fit``);
+it prints the S3 URI of model.tar.gz once the job has completed.
 
 Runs from the repository root in ``.venv-sdk3`` (``make venv-sdk3``: SDK v3 conflicts with v2), which has
 no torch. Without ``source_code`` v3 starts the image with its own entrypoint and no argument, through
@@ -23,8 +27,15 @@ import tempfile
 from pathlib import Path
 
 from common.metrics import METRIC_DEFINITIONS  # pure Python: imports no torch
-from local_mode.fit import TrainingFailed, channels_of, hyperparameters_of  # shared with SDK v2 training
+from local_mode.fit import CloudLimits, TrainingFailed, channels_of, hyperparameters_of  # shared with SDK v2
 from local_mode.session import PreflightError, offline, preflight, remove_jobs
+
+
+def metric_definitions() -> list:
+    """The training image's metric lines (common/metrics.py), as v3's ``MetricDefinition`` objects."""
+    from sagemaker.core.training.configs import MetricDefinition
+
+    return [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
 
 
 def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, compute: dict, root: Path,
@@ -33,7 +44,7 @@ def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, comp
 
     ``source``: ``SourceCode``'s fields (script mode), else the image's built-in trainer.
     """
-    from sagemaker.core.training.configs import Compute, InputData, MetricDefinition, SourceCode
+    from sagemaker.core.training.configs import Compute, InputData, SourceCode
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
     trainer = ModelTrainer(
@@ -42,9 +53,7 @@ def _train(image_uri: str, channels: dict[str, str], hyperparameters: dict, comp
         base_job_name="byoc-classifier", source_code=SourceCode(**source) if source else None,
     )  # fmt: skip
     if not source:  # a script's metric lines are its own
-        trainer = trainer.with_metric_definitions(
-            [MetricDefinition(name=m["Name"], regex=m["Regex"]) for m in METRIC_DEFINITIONS]
-        )
+        trainer = trainer.with_metric_definitions(metric_definitions())
     inputs = [InputData(channel_name=name, data_source=path) for name, path in channels.items()]
     trainer.train(input_data_config=inputs, wait=True, logs=True)
 
@@ -84,25 +93,71 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
         remove_jobs(root)
 
 
+def fit_cloud(image_uri: str, data: str, hyperparameters: dict, instance_type: str, instance_count: int, role: str,
+              output: str, limits: CloudLimits) -> str:  # fmt: skip
+    """Run a SageMaker training job with the image on the channels under an S3 prefix, until it
+    completes; returns its model.tar.gz URI (the SDK raises when the job fails)."""
+    from sagemaker.core.training.configs import (
+        CheckpointConfig,
+        Compute,
+        InputData,
+        OutputDataConfig,
+        StoppingCondition,
+    )
+    from sagemaker.train.model_trainer import Mode, ModelTrainer
+
+    if not (data.startswith("s3://") and output.startswith("s3://")):
+        raise ValueError("a cloud job reads --data from s3:// and writes --output to s3://")
+    checkpoints = CheckpointConfig(s3_uri=limits.checkpoint_s3_uri, local_path="/opt/ml/checkpoints")
+    trainer = ModelTrainer(
+        training_image=image_uri, training_mode=Mode.SAGEMAKER_TRAINING_JOB, role=role,
+        compute=Compute(instance_type=instance_type, instance_count=instance_count,
+                        enable_managed_spot_training=limits.spot or None),
+        stopping_condition=StoppingCondition(max_runtime_in_seconds=limits.max_run,
+                                             max_wait_time_in_seconds=limits.wait),
+        checkpoint_config=checkpoints if limits.checkpoint_s3_uri else None,
+        output_data_config=OutputDataConfig(s3_output_path=output), hyperparameters=dict(hyperparameters),
+        base_job_name="byoc-classifier",
+    ).with_metric_definitions(metric_definitions())  # fmt: skip
+    inputs = [InputData(channel_name=name, data_source=uri) for name, uri in channels_of(data).items()]
+    trainer.train(input_data_config=inputs, wait=True, logs=False)
+    return trainer._latest_training_job.model_artifacts.s3_model_artifacts
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", required=True)
     parser.add_argument("--data", required=True, help="folder with training/ [validation/ test/]")
-    parser.add_argument("--instance-type", default="local_cpu", choices=["local_cpu", "local_gpu"])
+    parser.add_argument("--instance-type", default="local_cpu", help="local_cpu, local_gpu or ml.* (cloud)")
+    parser.add_argument("--role", help="cloud: the SageMaker execution role ARN")
     parser.add_argument("--instance-count", type=int, default=1)
-    parser.add_argument("--output", default="build/train-v3", help="folder for model.tar.gz and output.tar.gz")
+    parser.add_argument("--output", help="local: folder for model.tar.gz and output.tar.gz (default build/train-v3);"
+                        " cloud: s3:// folder")  # fmt: skip
     parser.add_argument("--hp", nargs="*", default=[], help="hyperparameters as key=value")
     parser.add_argument("--source-dir", help="script mode: the folder with the user's script")
     parser.add_argument("--entry-script", help="script mode: the script, relative to --source-dir")
     parser.add_argument("--requirements", help="script mode: a requirements file in --source-dir to install")
+    CloudLimits.add_arguments(parser)
     args = parser.parse_args(argv)
     fields = {"source_dir": args.source_dir, "entry_script": args.entry_script, "requirements": args.requirements}
     source = {k: v for k, v in fields.items() if v} or None
+    from botocore.exceptions import BotoCoreError, ClientError
+
     try:
-        hps = hyperparameters_of(None, args.hp)
-        print(fit(args.image, args.data, hps, args.instance_count, args.output, args.instance_type, source))
-    except (PreflightError, TrainingFailed, ValueError) as exc:
-        sys.exit(f"error: {exc}")
+        hps, limits = hyperparameters_of(None, args.hp), CloudLimits.of(args)
+        if args.instance_type.startswith("local"):
+            limits.check_local()
+            output = args.output or "build/train-v3"
+            print(fit(args.image, args.data, hps, args.instance_count, output, args.instance_type, source))
+        elif source or not args.role:
+            raise ValueError(
+                "a cloud job here runs the built-in trainer and needs --role (script mode: local_mode.fit)"
+            )
+        else:
+            print(fit_cloud(args.image, args.data, hps, args.instance_type, args.instance_count, args.role,
+                            args.output or "", limits))  # fmt: skip
+    except (PreflightError, TrainingFailed, ValueError, ClientError, BotoCoreError) as exc:
+        sys.exit(f"error: {str(exc).strip().splitlines()[0][:300]}")
 
 
 if __name__ == "__main__":

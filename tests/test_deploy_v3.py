@@ -4,46 +4,20 @@ serving image for real; in the cloud by the requests it makes, answered by recor
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import tarfile
-from pathlib import Path
 
 import pytest
 
 import model_artifact
 from tests.conftest import REPO
+from tests.sdk3 import PYTHON, calls_of, run_stubbed, sdk3_env
 
-PYTHON = REPO / ".venv-sdk3" / "bin" / "python"
 ECR_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/byoc-classifier-serving-cpu:latest"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 NAME = "byoc-classifier-test"
 ARN = "arn:aws:sagemaker:us-east-1:123456789012"
 WHEN = "2026-12-07T00:00:00Z"
-
-
-def sdk3_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "AWS_"))}
-    (tmp_path / "tmp").mkdir(exist_ok=True)
-    return env | {"AWS_DEFAULT_REGION": "us-east-1", "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
-
-
-def run_stubbed(tmp_path: Path, answers: dict, module: str, *args: str) -> tuple[subprocess.CompletedProcess, list]:
-    """Run ``module`` in .venv-sdk3 with AWS answered by ``answers`` (tests/sdk3_stub.py); its calls."""
-    assert PYTHON.exists(), "no .venv-sdk3: run `make venv-sdk3`"
-    (tmp_path / "answers.json").write_text(json.dumps(answers))
-    calls = tmp_path / "calls.json"
-    env = sdk3_env(tmp_path) | {
-        "AWS_ACCESS_KEY_ID": "test",
-        "AWS_SECRET_ACCESS_KEY": "test",
-        "AWS_EC2_METADATA_DISABLED": "true",
-        "SAGEMAKER_VALIDATE_ROLE": "false",
-    }  # fmt: skip  (IAM's policy simulation)
-    result = subprocess.run(
-        [str(PYTHON), "tests/sdk3_stub.py", str(tmp_path / "answers.json"), str(calls), "-m", module, *args],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    return result, json.loads(calls.read_text()) if calls.exists() else []
 
 
 def prediction() -> dict:
@@ -76,10 +50,6 @@ def endpoint_answers(create_endpoint: dict | None = None) -> dict:
     }  # fmt: skip
 
 
-def of(calls: list, operation: str) -> list[dict]:
-    return [params for _, name, params in calls if name == operation]
-
-
 def test_a_cloud_deployment_sends_the_image_model_and_instance_classifies_and_deletes_all(tmp_path, sample_data):
     junk = tmp_path / "junk.jpg"
     junk.write_bytes(b"not a JPEG")
@@ -88,14 +58,16 @@ def test_a_cloud_deployment_sends_the_image_model_and_instance_classifies_and_de
         "--model-data", "s3://bucket/job/output/model.tar.gz", "--instance-type", "ml.m5.large", "--role", ROLE,
         str(sample_data / "test/ball/ball_000.jpg"), str(junk),
     )  # fmt: skip
-    (model,) = of(calls, "CreateModel")
+    (model,) = calls_of(calls, "CreateModel")
     assert model["PrimaryContainer"]["Image"] == ECR_IMAGE and model["ExecutionRoleArn"] == ROLE
     assert model["PrimaryContainer"]["ModelDataUrl"] == "s3://bucket/job/output/model.tar.gz"
-    (config,) = of(calls, "CreateEndpointConfig")
+    (config,) = calls_of(calls, "CreateEndpointConfig")
     wanted = {"ModelName": NAME, "InstanceType": "ml.m5.large", "InitialInstanceCount": 1}
     assert wanted.items() <= config["ProductionVariants"][0].items()
-    assert of(calls, "CreateEndpoint") == [{"EndpointName": NAME, "EndpointConfigName": NAME, "Tags": config["Tags"]}]
-    image, _ = of(calls, "InvokeEndpoint")
+    assert calls_of(calls, "CreateEndpoint") == [
+        {"EndpointName": NAME, "EndpointConfigName": NAME, "Tags": config["Tags"]}
+    ]
+    image, _ = calls_of(calls, "InvokeEndpoint")
     assert image["ContentType"] == "image/jpeg" and image["Accept"] == "application/json"
     assert image["CustomAttributes"] == "top_k=3" and image["Body"].startswith("b'\\xff\\xd8")  # the file's bytes
     # the SDK prints too, and its progress panel ends without a newline
@@ -116,7 +88,7 @@ def test_a_failed_cloud_deployment_removes_what_it_created_and_says_why_in_one_l
     )  # fmt: skip
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("error: An error occurred (ResourceLimitExceeded)")
-    assert not of(calls, "InvokeEndpoint")
+    assert not calls_of(calls, "InvokeEndpoint")
     assert {"DeleteEndpointConfig", "DeleteModel"} <= {name for _, name, _ in calls}
 
 

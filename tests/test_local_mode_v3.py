@@ -11,10 +11,13 @@ from pathlib import Path
 import pytest
 
 import model_artifact
+from common.metrics import METRIC_DEFINITIONS
 from tests.conftest import FAST, REPO
+from tests.sdk3 import calls_of, run_stubbed
 
-pytestmark = pytest.mark.slow
 IMAGE = "byoc-classifier-training:latest"
+ECR_TRAINING = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{IMAGE}"
+ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 PYTHON = REPO / ".venv-sdk3" / "bin" / "python"
 # A sitecustomize for the subprocesses (the SDK, and docker-compose if it is Python): logs every
 # network connection and name lookup to $NET_LOG, so the test sees telemetry or AWS calls.
@@ -51,6 +54,7 @@ def _left_behind(root: Path) -> list[str]:
     return found
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("instances", [1, 2])
 def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path, instances):
     assert PYTHON.exists(), "no .venv-sdk3: run `make venv-sdk3`"
@@ -80,3 +84,41 @@ def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path, insta
     assert {p.name for p in (tmp_path / "tmp").iterdir()} <= kept
     net_log = tmp_path / "net.log"
     assert not net_log.exists(), net_log.read_text()  # no telemetry, no AWS
+
+
+def test_a_cloud_job_sends_spot_limits_checkpoints_and_s3_channels(tmp_path):
+    """``fit_v3`` in the cloud: the CreateTrainingJob request v3's ModelTrainer makes (recorded answers)."""
+    job = "arn:aws:sagemaker:us-east-1:123456789012:training-job/j"
+    described = {
+        "TrainingJobName": "j", "TrainingJobArn": job, "TrainingJobStatus": "Completed", "SecondaryStatus": "Completed",
+        "CreationTime": "2026-12-07T00:00:00Z", "AlgorithmSpecification": {"TrainingInputMode": "File"},
+        "ResourceConfig": {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1, "VolumeSizeInGB": 30},
+        "StoppingCondition": {"MaxRuntimeInSeconds": 7200},
+        "ModelArtifacts": {"S3ModelArtifacts": "s3://bucket/out/j/output/model.tar.gz"},
+    }  # fmt: skip
+    answers = {"CreateTrainingJob": [{"TrainingJobArn": job}], "DescribeTrainingJob": [described]}
+    result, calls = run_stubbed(
+        tmp_path, answers, "local_mode.fit_v3", "--image", ECR_TRAINING, "--data", "s3://bucket/caltech256",
+        "--instance-type", "ml.g5.xlarge", "--role", ROLE, "--output", "s3://bucket/out", "--spot",
+        "--max-run", "7200", "--checkpoint-s3-uri", "s3://bucket/checkpoints", "--hp", "epochs=10",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.splitlines()[-1] == "s3://bucket/out/j/output/model.tar.gz"
+    (request,) = calls_of(calls, "CreateTrainingJob")
+    assert request["AlgorithmSpecification"]["TrainingImage"] == ECR_TRAINING and request["RoleArn"] == ROLE
+    assert request["AlgorithmSpecification"]["MetricDefinitions"] == METRIC_DEFINITIONS
+    assert request["HyperParameters"] == {"epochs": "10"}
+    assert [c["DataSource"]["S3DataSource"]["S3Uri"] for c in request["InputDataConfig"]] == [
+        f"s3://bucket/caltech256/{c}" for c in ("training", "validation", "test")
+    ]
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["StoppingCondition"] == {"MaxRuntimeInSeconds": 7200, "MaxWaitTimeInSeconds": 14400}
+    assert request["CheckpointConfig"] == {"S3Uri": "s3://bucket/checkpoints", "LocalPath": "/opt/ml/checkpoints"}
+    assert request["OutputDataConfig"]["S3OutputPath"] == "s3://bucket/out"
+
+
+def test_a_local_job_refuses_spot_in_one_line(tmp_path, sample_data):
+    result, calls = run_stubbed(tmp_path, {}, "local_mode.fit_v3", "--image", IMAGE, "--data", str(sample_data),
+                                "--spot")  # fmt: skip
+    assert result.returncode == 1 and not calls
+    assert result.stderr.strip() == "error: --spot and --checkpoint-s3-uri apply to cloud jobs (an ml.* instance type)"
