@@ -93,23 +93,17 @@ def fit(image_uri: str, data: str, hyperparameters: dict, instance_count: int = 
         remove_jobs(root)
 
 
-def fit_cloud(image_uri: str, data: str, hyperparameters: dict, instance_type: str, instance_count: int, role: str,
-              output: str, limits: CloudLimits) -> str:  # fmt: skip
-    """Run a SageMaker training job with the image on the channels under an S3 prefix, until it
-    completes; returns its model.tar.gz URI (the SDK raises when the job fails)."""
-    from sagemaker.core.training.configs import (
-        CheckpointConfig,
-        Compute,
-        InputData,
-        OutputDataConfig,
-        StoppingCondition,
-    )
+def cloud_trainer(image_uri: str, hyperparameters: dict, instance_type: str, instance_count: int, role: str,
+                  output: str, limits: CloudLimits):  # fmt: skip
+    """The ``ModelTrainer`` of a SageMaker training job with the image's built-in trainer (also what
+    ``tuning.tune_v3`` tunes)."""
+    from sagemaker.core.training.configs import CheckpointConfig, Compute, OutputDataConfig, StoppingCondition
     from sagemaker.train.model_trainer import Mode, ModelTrainer
 
-    if not (data.startswith("s3://") and output.startswith("s3://")):
-        raise ValueError("a cloud job reads --data from s3:// and writes --output to s3://")
+    if not output.startswith("s3://"):
+        raise ValueError("a cloud job writes --output to an s3:// folder")
     checkpoints = CheckpointConfig(s3_uri=limits.checkpoint_s3_uri, local_path="/opt/ml/checkpoints")
-    trainer = ModelTrainer(
+    return ModelTrainer(
         training_image=image_uri, training_mode=Mode.SAGEMAKER_TRAINING_JOB, role=role,
         compute=Compute(instance_type=instance_type, instance_count=instance_count,
                         enable_managed_spot_training=limits.spot or None),
@@ -119,8 +113,23 @@ def fit_cloud(image_uri: str, data: str, hyperparameters: dict, instance_type: s
         output_data_config=OutputDataConfig(s3_output_path=output), hyperparameters=dict(hyperparameters),
         base_job_name="byoc-classifier",
     ).with_metric_definitions(metric_definitions())  # fmt: skip
-    inputs = [InputData(channel_name=name, data_source=uri) for name, uri in channels_of(data).items()]
-    trainer.train(input_data_config=inputs, wait=True, logs=False)
+
+
+def s3_inputs(data: str) -> list:
+    """v3's ``InputData`` for the channel folders under an S3 prefix."""
+    from sagemaker.core.training.configs import InputData
+
+    if not data.startswith("s3://"):
+        raise ValueError("a cloud job reads --data from an s3:// prefix (with training/ [validation/ test/])")
+    return [InputData(channel_name=name, data_source=uri) for name, uri in channels_of(data).items()]
+
+
+def fit_cloud(image_uri: str, data: str, hyperparameters: dict, instance_type: str, instance_count: int, role: str,
+              output: str, limits: CloudLimits) -> str:  # fmt: skip
+    """Run a SageMaker training job with the image on the channels under an S3 prefix, until it
+    completes; returns its model.tar.gz URI (the SDK raises when the job fails)."""
+    trainer = cloud_trainer(image_uri, hyperparameters, instance_type, instance_count, role, output, limits)
+    trainer.train(input_data_config=s3_inputs(data), wait=True, logs=False)
     return trainer._latest_training_job.model_artifacts.s3_model_artifacts
 
 

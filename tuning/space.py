@@ -52,9 +52,12 @@ COURSE_SPACE = Space()  # the course's tuner: lr 0.001-0.1, batch size 32-512, m
 TUNED = ("lr", "batch-size", "momentum")
 
 
-def sagemaker_ranges(space: Space) -> dict:
-    """SageMaker's parameter ranges (scaling "Auto", as the course's tuner)."""
-    from sagemaker.tuner import CategoricalParameter, ContinuousParameter
+def sagemaker_ranges(space: Space, sdk: int = 2) -> dict:
+    """SageMaker's parameter ranges (scaling "Auto", as the course's tuner), as SDK ``sdk``'s classes."""
+    if sdk >= 3:
+        from sagemaker.core.parameter import CategoricalParameter, ContinuousParameter
+    else:
+        from sagemaker.tuner import CategoricalParameter, ContinuousParameter
 
     return {
         "lr": ContinuousParameter(*space.lr),
