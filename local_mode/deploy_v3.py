@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import shutil
 import sys
 import tempfile
 import threading
@@ -24,7 +23,7 @@ import time
 from pathlib import Path
 
 from local_mode.deploy import content_type_of
-from local_mode.session import PreflightError, offline, preflight, remove_jobs
+from local_mode.session import PreflightError, local_model_v3, offline, preflight, remove_jobs
 
 
 class EndpointError(Exception):
@@ -51,23 +50,15 @@ class LocalEndpoint:
     def __init__(self, image_uri: str, model_tarball: Path, instance_type: str, name: str):
         preflight(instance_type, sdk=3)
         self.root = Path(tempfile.mkdtemp(prefix="sagemaker-v3-endpoint-"))
-        self.name = name
-        model_dir = self.root / "model"  # local mode unpacks every tarball of this folder in place
-        model_dir.mkdir()
-        shutil.copyfile(model_tarball, model_dir / "model.tar.gz")
+        self.name, self.session = name, None
+        variant = {"VariantName": "AllTraffic", "ModelName": name, "InitialInstanceCount": 1,
+                   "InstanceType": instance_type}  # fmt: skip
         with offline():
-            from sagemaker.core.local.local_session import LocalSession
-
-            self.session = LocalSession()
-            self.session.config = {"local": {"container_root": str(self.root)}}
-            client = self.session.sagemaker_client
-            container = {"Image": image_uri, "ModelDataUrl": f"file://{model_dir}", "Environment": {}}
-            variant = {"VariantName": "AllTraffic", "ModelName": self.name, "InitialInstanceCount": 1,
-                       "InstanceType": instance_type}  # fmt: skip
             try:
-                client.create_model(ModelName=self.name, PrimaryContainer=container)
-                client.create_endpoint_config(EndpointConfigName=self.name, ProductionVariants=[variant])
-                client.create_endpoint(EndpointName=self.name, EndpointConfigName=self.name)  # waits for /ping
+                self.session = local_model_v3(image_uri, model_tarball, name, self.root)
+                client = self.session.sagemaker_client
+                client.create_endpoint_config(EndpointConfigName=name, ProductionVariants=[variant])
+                client.create_endpoint(EndpointName=name, EndpointConfigName=name)  # waits for /ping
             except BaseException:
                 self.delete()
                 raise
@@ -85,10 +76,9 @@ class LocalEndpoint:
 
     def delete(self) -> None:
         """Stop the container and remove the endpoint, its config, the model and every local folder."""
-        client = self.session.sagemaker_client
-        for call, key in DELETES:
+        for call, key in DELETES if self.session else ():
             with contextlib.suppress(Exception):  # not created, or already gone: the rest still goes
-                getattr(client, call)(**{key: self.name})
+                getattr(self.session.sagemaker_client, call)(**{key: self.name})
         remove_jobs(self.root)
 
 

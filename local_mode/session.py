@@ -96,6 +96,22 @@ def offline() -> Iterator[None]:
                 os.environ[name] = value
 
 
+def local_model_v3(image_uri: str, model_tarball: Path, name: str, root: Path):
+    """SDK v3 local mode: sagemaker-core's ``LocalSession`` with its folders under ``root`` and model
+    ``name`` registered (call inside ``offline()``). The tarball is copied to ``root/model``:
+    local mode unpacks every tarball of that folder in place."""
+    from sagemaker.core.local.local_session import LocalSession
+
+    model_dir = root / "model"
+    model_dir.mkdir(parents=True)
+    shutil.copyfile(model_tarball, model_dir / "model.tar.gz")
+    session = LocalSession()
+    session.config = {"local": {"container_root": str(root)}}
+    container = {"Image": image_uri, "ModelDataUrl": f"file://{model_dir}", "Environment": {}}
+    session.sagemaker_client.create_model(ModelName=name, PrimaryContainer=container)
+    return session
+
+
 def config_file() -> Path:
     """The SDK config that opts out of telemetry: one fixed file per user, not one per session."""
     path = Path(tempfile.gettempdir()) / f"byoc-sagemaker-config-{os.getuid()}.yaml"
