@@ -81,8 +81,9 @@ sample-data: venv ## Generate the embedded sample dataset into data/sample
 serve-demo: venv ## Serve build/demo/model (after make demo-host) on http://localhost:8080 until Ctrl-C
 	SAGEMAKER_BASE_DIR=build/demo $(BIN)/serve
 
-demo: images ## Build the images, train and deploy in SageMaker local mode on the sample data, classify, clean up
-	$(BIN)/python -m local_mode.demo
+SDK ?= v3
+demo: images venv-sdk3 ## Build the images, train and deploy in SageMaker local mode on the sample data, classify, clean up (SDK=v2: with SDK v2)
+	$(if $(filter v2,$(SDK)),$(BIN)/python -m local_mode.demo --sdk v2,.venv-sdk3/bin/python -m local_mode.demo --sdk v3)
 
 demo-host: venv ## The same training without Docker: `train` on the host, then classify with the artifact
 	$(BIN)/python scripts/demo_host.py

@@ -1,9 +1,10 @@
 """``make demo``: the whole workflow in SageMaker local mode on the embedded sample dataset.
 
-Trains with the training image through SDK v2's ``Estimator`` (``instance_type="local"``),
-deploys model.tar.gz with the CPU serving image, classifies every held-out test image
-through the endpoint, prints predictions and accuracy, and removes the endpoint, the
-containers and the temporary folders. ``make demo`` builds the images first.
+Trains with the training image, deploys model.tar.gz with the CPU serving image, classifies
+every held-out test image through the endpoint, prints predictions and accuracy, and removes
+the endpoint, the containers and the temporary folders. ``make demo`` builds the images first.
+With SDK v3 by default (``ModelTrainer``, then sagemaker-core's local endpoint: run in
+``.venv-sdk3``), or ``--sdk v2`` (``Estimator``, ``Model.deploy``: run in ``.venv``; ``make demo SDK=v2``).
 
 The terminal shows one line per phase (training, deploying, classifying, cleaning up) with
 progress and timings, then the predictions and the accuracy; the SDK's and the containers'
@@ -14,6 +15,7 @@ and so does the traceback of a failure, whose last log lines are printed.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import re
 import subprocess
@@ -24,7 +26,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from common.images import SAMPLE_CLASSES as CLASSES
-from local_mode import deploy, fit, terminal
+from local_mode import deploy, deploy_v3, fit, fit_v3, terminal
 from local_mode import session as local
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,19 +46,77 @@ def image_files(test_dir: Path) -> list[Path]:
     return sorted(p for p in test_dir.rglob("*") if p.is_file())
 
 
-def classify_all(predictor, test_dir: Path, on_image: Callable[[], None] = lambda: None) -> tuple[float, list[str]]:
-    """Send every test image to the endpoint (``on_image()`` after each); returns the accuracy and
-    one line per class."""
+def classify_all(classify: Callable[[Path, int], dict], test_dir: Path, on_image: Callable[[], None] = lambda: None,
+                 ) -> tuple[float, list[str]]:  # fmt: skip
+    """Send every test image to the endpoint through ``classify(path, top_k)`` (``on_image()`` after
+    each); returns the accuracy and one line per class."""
     files = image_files(test_dir)
     correct, shown = 0, []
     for path in files:
-        prediction = deploy.classify(predictor, path, top_k=2)["predictions"][0]
+        prediction = classify(path, 2)["predictions"][0]
         correct += prediction["label"] == path.parent.name
         if path.stem.endswith("_000"):
             top = ", ".join(f"{t['label']} {t['probability']:.0%}" for t in prediction["top_k"])
             shown.append(f"  {path.relative_to(test_dir)}: {prediction['label']} (top 2: {top})")
         on_image()
     return correct / len(files), shown
+
+
+class SdkV2:
+    """The demo's steps with SDK v2: ``Estimator`` and ``Model.deploy`` in one ``LocalSession``."""
+
+    def __init__(self, out: Path):
+        self.out, self.session, self.predictor = out, None, None
+
+    def train(self, image: str, data: Path) -> str:
+        self.session = local.local_session(self.out / "container_root")
+        output = f"file://{self.out / 'artifacts'}"
+        return fit.fit(image, str(data), HYPERPARAMETERS, output_path=output, session=self.session)
+
+    def deploy(self, image: str, model_data: str) -> None:
+        self.predictor = deploy.deploy(image, model_data, session=self.session)
+
+    def classify(self, path: Path, top_k: int) -> dict:
+        return deploy.classify(self.predictor, path, top_k=top_k)
+
+    def clean_up(self) -> None:
+        try:
+            if self.predictor is not None:
+                self.predictor.delete_endpoint()
+        finally:
+            if self.session is not None:
+                local.cleanup(self.session)
+
+
+class SdkV3:
+    """The demo's steps with SDK v3: ``ModelTrainer`` in local mode, then sagemaker-core's local endpoint."""
+
+    def __init__(self, out: Path):
+        self.out, self.endpoint = out, None
+
+    def train(self, image: str, data: Path) -> str:
+        return fit_v3.fit(image, str(data), HYPERPARAMETERS, output_dir=self.out / "artifacts")
+
+    def deploy(self, image: str, model_data: str) -> None:
+        self.endpoint = deploy_v3.deploy(image, model_data)
+
+    def classify(self, path: Path, top_k: int) -> dict:
+        return deploy_v3.classify(self.endpoint, path, top_k=top_k)
+
+    def clean_up(self) -> None:
+        if self.endpoint is not None:
+            self.endpoint.delete()
+
+
+SDKS = {"v3": SdkV3, "v2": SdkV2}
+
+
+def check_sdk(sdk: str) -> None:
+    """The SDK asked for must be the one this Python has (v2 and v3 live in separate venvs)."""
+    installed = importlib.metadata.version("sagemaker")
+    if installed.split(".")[0] != sdk.removeprefix("v"):
+        venv = ".venv-sdk3 (make demo)" if sdk == "v3" else ".venv (make demo SDK=v2)"
+        raise local.PreflightError(f"--sdk {sdk} runs in {venv}; this Python has sagemaker {installed}")
 
 
 def check_images(*images: str) -> None:
@@ -81,40 +141,32 @@ def training_progress(phase: terminal.Phase) -> Callable[[str], None]:
     return on_line
 
 
-def run(
-    data: Path, out: Path, training_image: str, serving_image: str, console: terminal.Console
-) -> tuple[float, list[str]]:
+def run(data: Path, out: Path, training_image: str, serving_image: str, console: terminal.Console,
+        sdk: str = "v3") -> tuple[float, list[str]]:  # fmt: skip
     """Train, deploy, classify, tear down, a phase line each on ``console`` (entered: the SDK's
     output goes to its log); returns the test accuracy and a few predictions."""
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")  # local mode needs a region, never calls it
-    local.preflight("local")  # before the images' check: it says when Docker itself is missing
+    local.preflight("local", sdk=int(sdk.removeprefix("v")))  # first: it says when Docker itself is missing
     check_images(training_image, serving_image)
-    session = predictor = None
+    steps = SDKS[sdk](out)
     try:
         epochs = int(HYPERPARAMETERS["epochs"])
         with (
             console.phase(1, "training in local mode", total=epochs, unit="epoch") as phase,
             console.watch(training_progress(phase)),
         ):
-            session = local.local_session(out / "container_root")
-            output = f"file://{out / 'artifacts'}"
-            model_data = fit.fit(training_image, str(data), HYPERPARAMETERS, output_path=output, session=session)
+            model_data = steps.train(training_image, data)
         console.log(f"model data: {model_data}")
         with console.phase(2, "deploying the endpoint", verb="ready"):
-            predictor = deploy.deploy(serving_image, model_data, session=session)
+            steps.deploy(serving_image, model_data)
         count = len(image_files(data / "test"))
         with console.phase(3, f"classifying {count} test images", total=count) as phase:
-            accuracy, shown = classify_all(predictor, data / "test", phase.advance)
+            accuracy, shown = classify_all(steps.classify, data / "test", phase.advance)
             phase.result = f"accuracy {accuracy:.0%}"
         return accuracy, shown
     finally:
         with console.phase(4, "cleaning up"):  # the endpoint, the containers, the network, the folders
-            try:
-                if predictor is not None:
-                    predictor.delete_endpoint()
-            finally:
-                if session is not None:
-                    local.cleanup(session)
+            steps.clean_up()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,7 +176,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--training-image", default="byoc-classifier-training:latest")
     parser.add_argument("--serving-image", default="byoc-classifier-serving-cpu:latest")
     parser.add_argument("--log", type=Path, help="the SDK's and the containers' output (default: OUT/containers.log)")
+    parser.add_argument("--sdk", choices=sorted(SDKS), default="v3", help="the SageMaker Python SDK to drive (v3)")
     args = parser.parse_args(argv)
+    try:
+        check_sdk(args.sdk)
+    except local.PreflightError as exc:
+        sys.exit(f"error: {exc}")
     if not args.data.is_dir():
         from train import sample_data  # generating needs Pillow only; the training runs in the image
 
@@ -134,12 +191,13 @@ def main(argv: list[str] | None = None) -> None:
     try:
         with console:
             accuracy, shown = run(
-                args.data.resolve(), args.out.resolve(), args.training_image, args.serving_image, console
+                args.data.resolve(), args.out.resolve(), args.training_image, args.serving_image, console, args.sdk
             )
     except Exception as exc:
         fail(exc, console)
     print("\npredictions through the local endpoint (one test image per class):", *shown, sep="\n")
-    print(f"test accuracy {accuracy:.0%} (chance {1 / len(CLASSES):.0%}); demo took {time.monotonic() - started:.0f} s")
+    print(f"test accuracy {accuracy:.0%} (chance {1 / len(CLASSES):.0%}); demo took {time.monotonic() - started:.0f} s"
+          f" with SDK {args.sdk}")  # fmt: skip
     print(f"model.tar.gz and output.tar.gz (metrics, training curve): {shown_path(args.out / 'artifacts')}")
     print(f"containers' logs: {shown_path(console.log_path)}")
 

@@ -3,10 +3,12 @@ and, without Docker, what it prints (phase lines) and what it logs (everything t
 
 from __future__ import annotations
 
+import importlib.metadata
 import io
 import logging
 import queue
 import re
+import subprocess
 import sys
 import threading
 
@@ -14,22 +16,37 @@ import pytest
 
 from local_mode import demo, terminal
 from local_mode import session as local
+from tests.conftest import REPO
+from tests.sdk3 import PYTHON as SDK3_PYTHON
+from tests.sdk3 import sdk3_env
 
 MMS_LINE = re.compile(r"\[ACCESS\]|/invocations HTTP|W-9000-")  # the gateway's access line, a worker's name
 
 
 @pytest.mark.slow
-def test_demo_trains_deploys_classifies_and_cleans_up(images, sample_data, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize("sdk", ["v3", "v2"])
+def test_demo_trains_deploys_classifies_and_cleans_up(images, sample_data, tmp_path, monkeypatch, capsys, sdk):
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    demo.main(["--data", str(sample_data), "--out", str(tmp_path / "demo")])
-    printed = capsys.readouterr().out
-    accuracy = re.search(r"^test accuracy (\d+)% \(chance 25%\)", printed, re.MULTILINE)
+    args = ["--data", str(sample_data), "--out", str(tmp_path / "demo"), "--sdk", sdk]
+    if sdk == "v2":
+        demo.main(args)
+        printed = capsys.readouterr().out
+    else:  # SDK v3 lives in its own venv, as `make demo` runs it
+        env = sdk3_env(tmp_path)
+        done = subprocess.run([str(SDK3_PYTHON), "-m", "local_mode.demo", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        printed = done.stdout
+        assert not [p.name for p in (tmp_path / "tmp").iterdir() if p.name.startswith("sagemaker-v3-")]
+    accuracy = re.search(rf"^test accuracy (\d+)% \(chance 25%\); demo took \d+ s with SDK {sdk}$", printed, re.M)
     assert accuracy and int(accuracy[1]) >= 50, printed[-2000:]
     assert len(re.findall(r"^  (ball|box|cone|ring)/\w+_000\.\w+: \w+ \(top 2: ", printed, re.MULTILINE)) == 4
     assert (tmp_path / "demo" / "artifacts" / "model.tar.gz").is_file()
     assert (tmp_path / "demo" / "artifacts" / "output.tar.gz").is_file()
     assert not (tmp_path / "demo" / "container_root").exists()
-    assert not local.containers(tmp_path / "demo" / "container_root")
+    left = subprocess.run(["docker", "ps", "-a", "-q", "--filter", "ancestor=byoc-classifier-serving-cpu:latest"],
+                          capture_output=True, text=True).stdout  # fmt: skip
+    assert not left.strip() and not local.containers(tmp_path / "demo" / "container_root")
     # One line per phase on the terminal; the containers' output in the log it names.
     for phase in ("[1/4] training in local mode ... done in", "[2/4] deploying the endpoint ... ready in",
                   "[3/4] classifying 60 test images ... done in", "[4/4] cleaning up ... done in"):  # fmt: skip
@@ -40,6 +57,14 @@ def test_demo_trains_deploys_classifies_and_cleans_up(images, sample_data, tmp_p
     logged = log.read_text()
     assert re.search(r"\bepoch=12 train_loss=", logged)  # the training container's output
     assert len(re.findall(r'"POST /invocations HTTP/1\.1" 200', logged)) >= 60  # the endpoint's
+
+
+def test_the_demo_says_which_venv_runs_the_sdk_asked_for(capsys):
+    installed = importlib.metadata.version("sagemaker")  # this venv's: SDK v2
+    with pytest.raises(SystemExit) as exited:
+        demo.main(["--sdk", "v3"])
+    assert exited.value.code == f"error: --sdk v3 runs in .venv-sdk3 (make demo); this Python has sagemaker {installed}"
+    assert capsys.readouterr().out == ""
 
 
 # -- without Docker: the SDK, the containers and the endpoint faked ------------------------------
@@ -92,7 +117,7 @@ def fake_sdk(tmp_path, monkeypatch):
         return {"predictions": [{"label": label, "top_k": [{"label": label, "probability": 0.9}] * top_k}]}
 
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
-    monkeypatch.setattr(local, "preflight", lambda instance_type: None)
+    monkeypatch.setattr(local, "preflight", lambda instance_type, sdk=2: None)
     monkeypatch.setattr(demo, "check_images", lambda *images: None)
     monkeypatch.setattr(local, "local_session", lambda root: object())
     monkeypatch.setattr(local, "cleanup", lambda session: state.update(cleaned=True))
@@ -104,7 +129,7 @@ def fake_sdk(tmp_path, monkeypatch):
 
 def test_demo_prints_phases_and_predictions_and_logs_the_rest(fake_sdk, tmp_path, capsys):
     data, state = fake_sdk
-    demo.main(["--data", str(data), "--out", str(tmp_path / "out")])
+    demo.main(["--data", str(data), "--out", str(tmp_path / "out"), "--sdk", "v2"])
     printed = capsys.readouterr().out
     lines = printed.splitlines()
     assert lines[0] == "[1/4] training in local mode ..."
@@ -133,7 +158,9 @@ def test_a_failure_prints_the_logs_tail_and_cleans_up(fake_sdk, tmp_path, capsys
     data, state = fake_sdk
     state["fail"] = where
     with pytest.raises(SystemExit) as exited:
-        demo.main(["--data", str(data), "--out", str(tmp_path / "out"), "--log", str(tmp_path / "demo.log")])
+        demo.main(
+            ["--data", str(data), "--out", str(tmp_path / "out"), "--log", str(tmp_path / "demo.log"), "--sdk", "v2"]
+        )
     printed = capsys.readouterr().out
     assert "Traceback" not in printed and "Traceback" not in str(exited.value.code)
     phase = "[1/4] training in local mode" if where == "training" else "[3/4] classifying 20 test images"
@@ -157,12 +184,12 @@ def test_a_failure_prints_the_logs_tail_and_cleans_up(fake_sdk, tmp_path, capsys
 def test_a_preflight_error_is_one_line(fake_sdk, tmp_path, capsys, monkeypatch):
     data, _ = fake_sdk
 
-    def no_docker(instance_type):
+    def no_docker(instance_type, sdk=2):
         raise local.PreflightError("no Docker engine answers: run docker/engine.sh (or start Docker)")
 
     monkeypatch.setattr(local, "preflight", no_docker)
     with pytest.raises(SystemExit) as exited:
-        demo.main(["--data", str(data), "--out", str(tmp_path / "out")])
+        demo.main(["--data", str(data), "--out", str(tmp_path / "out"), "--sdk", "v2"])
     assert exited.value.code == "error: no Docker engine answers: run docker/engine.sh (or start Docker)"
     assert capsys.readouterr().out == ""
 
