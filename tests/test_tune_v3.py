@@ -58,4 +58,6 @@ def test_a_fixed_value_for_a_tuned_hyperparameter_is_refused_before_any_call(tmp
         "--role", ROLE, "--output", "s3://bucket/tuning", "--hp", "lr=0.01",
     )  # fmt: skip
     assert result.returncode == 1 and not calls
-    assert result.stderr.strip() == "error: lr is tuned: set its range instead of a fixed value"
+    assert (
+        result.stderr.strip() == "error: --hp lr: tuned hyperparameters take a range (--lr, --batch-sizes, --momentum)"
+    )

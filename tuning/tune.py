@@ -147,28 +147,20 @@ _positive = number(int, 1)
 _percentile = number(float, 0, 100, high_open=True)
 
 
-def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m tuning.tune", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="where", required=True)
-    local_p = sub.add_parser("local", help="Optuna trials as local-mode training jobs")
-    cloud_p = sub.add_parser("cloud", help="SageMaker's HyperparameterTuner")
-    best_p = sub.add_parser("cloud-best", help="write a tuning job's best hyperparameters to a file")
-    for sp in (local_p, cloud_p):
-        sp.add_argument("--image", required=True, help="training image (an ECR URI for cloud)")
-        sp.add_argument("--data", required=True, help="folder (local) or s3:// prefix: training/ [validation/ test/]")
-        sp.add_argument("--epochs", type=_positive, help="epochs per trial (default: the image's, 10)")
-        sp.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="fixed hyperparameters")
-        sp.add_argument("--lr", nargs=2, type=float, metavar=("LOW", "HIGH"), help="default 0.001 0.1")
-        sp.add_argument("--batch-sizes", nargs="+", type=_positive, help="default 32 64 128 256 512")
-        sp.add_argument("--momentum", nargs=2, type=float, metavar=("LOW", "HIGH"), help="default 0.5 0.9")
-        sp.add_argument("--seed", type=int, help="sampler seed")
-    local_p.add_argument("--trials", type=_positive, default=20)
-    local_p.add_argument("--out", default="build/tune", help="table, plot, trial logs, best-hyperparameters.json")
-    local_p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
-    local_p.add_argument("--cpus-per-trial", type=_positive, default=2, help="each trial's container CPU limit")
-    local_p.add_argument("--parallel", type=_positive, help="trials at a time (default: CPUs / cpus-per-trial)")
-    local_p.add_argument("--prune-below", type=_percentile, default=25.0, help="percentile that stops a trial; 0: off")
-    local_p.add_argument("--instance-type", choices=("local", "local_gpu"), default="local")
+def add_search_arguments(sp: argparse.ArgumentParser) -> None:
+    """The image, the data, the fixed hyperparameters and the search space (local and cloud, both SDKs)."""
+    sp.add_argument("--image", required=True, help="training image (an ECR URI for cloud)")
+    sp.add_argument("--data", required=True, help="folder (local) or s3:// prefix: training/ [validation/ test/]")
+    sp.add_argument("--epochs", type=_positive, help="epochs per trial (default: the image's, 10)")
+    sp.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="fixed hyperparameters")
+    sp.add_argument("--lr", nargs=2, type=float, metavar=("LOW", "HIGH"), help="default 0.001 0.1")
+    sp.add_argument("--batch-sizes", nargs="+", type=_positive, help="default 32 64 128 256 512")
+    sp.add_argument("--momentum", nargs=2, type=float, metavar=("LOW", "HIGH"), help="default 0.5 0.9")
+    sp.add_argument("--seed", type=int, help="sampler seed")
+
+
+def add_cloud_arguments(cloud_p: argparse.ArgumentParser) -> None:
+    """SageMaker's tuning job: role, instances, limits, strategy, output (both SDKs)."""
     cloud_p.add_argument("--role", required=True, help="SageMaker execution role ARN")
     cloud_p.add_argument("--instance-type", default="ml.g5.xlarge")
     cloud_p.add_argument("--max-jobs", type=_positive, default=20)
@@ -178,6 +170,24 @@ def parser() -> argparse.ArgumentParser:
     cloud_p.add_argument("--output", help="s3:// folder for the jobs' model.tar.gz (default: the SDK's bucket)")
     cloud_p.add_argument("--job-name", help="tuning job name (default: from the image name and time)")
     CloudLimits.add_arguments(cloud_p)  # each training job's spot, time limits and checkpoints
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tuning.tune", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="where", required=True)
+    local_p = sub.add_parser("local", help="Optuna trials as local-mode training jobs")
+    cloud_p = sub.add_parser("cloud", help="SageMaker's HyperparameterTuner")
+    best_p = sub.add_parser("cloud-best", help="write a tuning job's best hyperparameters to a file")
+    for sp in (local_p, cloud_p):
+        add_search_arguments(sp)
+    local_p.add_argument("--trials", type=_positive, default=20)
+    local_p.add_argument("--out", default="build/tune", help="table, plot, trial logs, best-hyperparameters.json")
+    local_p.add_argument("--sampler", choices=("tpe", "random"), default="tpe")
+    local_p.add_argument("--cpus-per-trial", type=_positive, default=2, help="each trial's container CPU limit")
+    local_p.add_argument("--parallel", type=_positive, help="trials at a time (default: CPUs / cpus-per-trial)")
+    local_p.add_argument("--prune-below", type=_percentile, default=25.0, help="percentile that stops a trial; 0: off")
+    local_p.add_argument("--instance-type", choices=("local", "local_gpu"), default="local")
+    add_cloud_arguments(cloud_p)
     best_p.add_argument("--job", required=True, help="tuning job name")
     best_p.add_argument("--out", default="best-hyperparameters.json")
     return p

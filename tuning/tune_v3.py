@@ -5,8 +5,8 @@
         [--instance-type ml.g5.xlarge] [--max-jobs 20] [--max-parallel-jobs 2] [--epochs 10] [--spot ...]
 
 The course's search (lr 0.001-0.1, batch size 32-512, momentum 0.5-0.9, or ``--lr``, ``--batch-sizes``,
-``--momentum``), maximizing ``validation:accuracy`` from the image's metric lines; the same request as
-``tuning.tune cloud`` (SDK v2). Cloud only: v3 has no local tuning (``tuning.tune local`` runs the
+``--momentum``), maximizing ``validation:accuracy`` from the image's metric lines; the same arguments and
+request as ``tuning.tune cloud`` (SDK v2). Cloud only: v3 has no local tuning (``tuning.tune local`` runs the
 search on this machine). It prints the job's name; ``tuning.tune cloud-best --job NAME`` writes the
 best hyperparameters once it is done. Runs in ``.venv-sdk3``, without torch.
 """
@@ -17,9 +17,10 @@ import argparse
 import sys
 
 from common.metrics import METRIC_DEFINITIONS, OBJECTIVE_METRIC
-from local_mode.fit import CloudLimits, hyperparameters_of
+from local_mode.fit import CloudLimits
 from local_mode.fit_v3 import cloud_trainer, s3_inputs
-from tuning.space import COURSE_SPACE, TUNED, Space, sagemaker_ranges
+from tuning import tune
+from tuning.space import COURSE_SPACE, Space, sagemaker_ranges
 
 
 def tuner(trainer, space: Space = COURSE_SPACE, max_jobs: int = 20, max_parallel_jobs: int = 2,
@@ -34,43 +35,20 @@ def tuner(trainer, space: Space = COURSE_SPACE, max_jobs: int = 20, max_parallel
     )  # fmt: skip
 
 
-def static_of(items: list[str], epochs: int | None) -> dict[str, str]:
-    """The fixed hyperparameters: ``--hp`` and ``--epochs``, none of them a tuned one."""
-    static = hyperparameters_of(None, items) | ({"epochs": str(epochs)} if epochs else {})
-    if tuned := sorted(set(static) & set(TUNED)):
-        raise ValueError(f"{', '.join(tuned)} is tuned: set its range instead of a fixed value")
-    return static
-
-
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image", required=True, help="the training image's ECR URI")
-    parser.add_argument("--data", required=True, help="s3:// prefix with training/ [validation/ test/]")
-    parser.add_argument("--role", required=True, help="SageMaker execution role ARN")
-    parser.add_argument("--output", required=True, help="s3:// folder for the jobs' model.tar.gz")
-    parser.add_argument("--instance-type", default="ml.g5.xlarge")
-    parser.add_argument("--max-jobs", type=int, default=20)
-    parser.add_argument("--max-parallel-jobs", type=int, default=2)
-    parser.add_argument("--strategy", choices=("Bayesian", "Random"), default="Bayesian")
-    parser.add_argument("--early-stopping", choices=("Auto", "Off"), default="Auto")
-    parser.add_argument("--epochs", type=int, help="epochs per training job (default: the image's, 10)")
-    parser.add_argument("--hp", nargs="*", default=[], metavar="KEY=VALUE", help="fixed hyperparameters")
-    parser.add_argument("--lr", nargs=2, type=float, metavar=("LOW", "HIGH"), help="default 0.001 0.1")
-    parser.add_argument("--batch-sizes", nargs="+", type=int, help="default 32 64 128 256 512")
-    parser.add_argument("--momentum", nargs=2, type=float, metavar=("LOW", "HIGH"), help="default 0.5 0.9")
-    parser.add_argument("--seed", type=int, help="the tuner's random seed")
-    parser.add_argument("--job-name", help="tuning job name (default: from the image name and time)")
-    CloudLimits.add_arguments(parser)
+    parser = argparse.ArgumentParser(prog="python -m tuning.tune_v3", description=__doc__.splitlines()[0])
+    tune.add_search_arguments(parser)
+    tune.add_cloud_arguments(parser)
     args = parser.parse_args(argv)
     from botocore.exceptions import BotoCoreError, ClientError
 
     try:
-        space = Space(lr=tuple(args.lr or COURSE_SPACE.lr), momentum=tuple(args.momentum or COURSE_SPACE.momentum),
-                      batch_sizes=tuple(args.batch_sizes or COURSE_SPACE.batch_sizes))  # fmt: skip
-        trainer = cloud_trainer(args.image, static_of(args.hp, args.epochs), args.instance_type, 1, args.role,
-                                args.output, CloudLimits.of(args))  # fmt: skip
-        tuning = tuner(trainer, space, args.max_jobs, args.max_parallel_jobs, args.strategy, args.early_stopping,
-                       args.seed)  # fmt: skip
+        if not (args.output or "").startswith("s3://"):
+            raise ValueError("--output: an s3:// folder for the jobs' model.tar.gz")
+        trainer = cloud_trainer(args.image, tune.static_of(args), args.instance_type, 1, args.role, args.output,
+                                CloudLimits.of(args))  # fmt: skip
+        tuning = tuner(trainer, tune.space_of(args), args.max_jobs, args.max_parallel_jobs, args.strategy,
+                       args.early_stopping, args.seed)  # fmt: skip
         tuning.tune(inputs=s3_inputs(args.data), job_name=args.job_name, wait=False)
     except (ValueError, ClientError, BotoCoreError) as exc:
         sys.exit(f"error: {str(exc).strip().splitlines()[0][:300]}")
