@@ -32,12 +32,19 @@ class Job:
 
     def __init__(self, image_uri: str, model_data: str, output: str, instance_type: str, role: str, **options):
         self.name = f"byoc-classifier-transform-{time.strftime('%Y%m%d-%H%M%S')}"
-        self.local = instance_type.startswith("local")
-        self.root = Path(tempfile.mkdtemp(prefix="sagemaker-v3-transform-")) if self.local else None
+        self.local, self.root = instance_type.startswith("local"), None
         if self.local:
+            tarball = Path(model_data.removeprefix("file://"))
+            if not tarball.is_file():
+                raise ValueError(f"no model.tar.gz at {tarball} (local mode takes one from this machine's disk)")
             preflight(instance_type, sdk=3)
-            with offline():
-                self.session = local_model_v3(image_uri, Path(model_data.removeprefix("file://")), self.name, self.root)
+            self.root = Path(tempfile.mkdtemp(prefix="sagemaker-v3-transform-"))
+            try:
+                with offline():
+                    self.session = local_model_v3(image_uri, tarball, self.name, self.root)
+            except BaseException:
+                remove_jobs(self.root)
+                raise
         else:
             if role == DUMMY_ROLE or not model_data.startswith("s3://"):
                 raise ValueError("a cloud transform needs s3:// model data and --role (an IAM role ARN)")

@@ -91,3 +91,13 @@ def test_local_jobs_answer_every_image_and_every_line_and_leave_nothing(images, 
                           capture_output=True, text=True).stdout  # fmt: skip
     assert not left.strip(), "a job's container was left behind"
     assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("sagemaker-v3-transform-")]
+
+
+def test_a_missing_local_model_is_one_line_and_leaves_no_folder(tmp_path):
+    result, calls = run_stubbed(tmp_path, {}, "local_mode.transform_v3", "images", "--image", "x:latest",
+                                "--model-data", str(tmp_path / "none.tar.gz"), "--input", str(tmp_path),
+                                "--output", str(tmp_path / "out"))  # fmt: skip
+    assert result.returncode == 1 and not calls
+    assert result.stderr.strip() == f"error: no model.tar.gz at {tmp_path / 'none.tar.gz'} (local mode takes one " \
+                                    "from this machine's disk)"  # fmt: skip
+    assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("sagemaker-v3-")]
