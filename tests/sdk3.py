@@ -6,11 +6,36 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import textwrap
 from pathlib import Path
 
 from tests.conftest import REPO
 
 PYTHON = REPO / ".venv-sdk3" / "bin" / "python"
+# A sitecustomize for the subprocesses (the SDK, and docker-compose if it is Python): logs every
+# network connection and name lookup to $NET_LOG, so the test sees telemetry or AWS calls.
+NET_AUDIT = textwrap.dedent("""
+    import os, socket, sys
+
+    def _audit(event, args):
+        if event == "socket.connect" and args[0].family != socket.AF_UNIX:
+            note = f"connect {args[1]}"
+        elif event == "socket.getaddrinfo":
+            note = f"lookup {args[0]}"
+        else:
+            return
+        with open(os.environ["NET_LOG"], "a") as log:
+            log.write(f"{sys.argv[0]}: {note}\\n")
+
+    sys.addaudithook(_audit)
+""")
+
+
+def audited(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """``env`` with NET_AUDIT installed: every connection and name lookup goes to tmp_path/net.log."""
+    (tmp_path / "audit").mkdir(exist_ok=True)
+    (tmp_path / "audit" / "sitecustomize.py").write_text(NET_AUDIT)
+    return env | {"PYTHONPATH": str(tmp_path / "audit"), "NET_LOG": str(tmp_path / "net.log")}
 
 
 def sdk3_env(tmp_path: Path) -> dict[str, str]:

@@ -11,7 +11,7 @@ import pytest
 
 import model_artifact
 from tests.conftest import REPO
-from tests.sdk3 import PYTHON, calls_of, run_stubbed, sdk3_env
+from tests.sdk3 import PYTHON, audited, calls_of, run_stubbed, sdk3_env
 
 ECR_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/byoc-classifier-serving-cpu:latest"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
@@ -114,7 +114,7 @@ def test_a_local_endpoint_of_the_cpu_image_classifies_refuses_junk_and_leaves_no
     result = subprocess.run(
         [str(PYTHON), "-m", "local_mode.deploy_v3", "--image", "byoc-classifier-serving-cpu:latest",
          "--model-data", str(tarball), *map(str, photos), str(junk)],
-        cwd=REPO, env=sdk3_env(tmp_path), capture_output=True, text=True, timeout=600,
+        cwd=REPO, env=audited(sdk3_env(tmp_path), tmp_path), capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     # compose copies the container's output to the same stdout: a line of ours may have company
     printed = [line[line.index(str(photo)) + len(str(photo)) + 1 :] for photo in photos
@@ -127,3 +127,6 @@ def test_a_local_endpoint_of_the_cpu_image_classifies_refuses_junk_and_leaves_no
                           capture_output=True, text=True).stdout  # fmt: skip
     assert not left.strip(), "the endpoint's container was left behind"
     assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("sagemaker-v3-endpoint-")]
+    contacted = set((tmp_path / "net.log").read_text().split("\n")) - {""}
+    assert contacted, "the audit hook did not run"
+    assert all(line.endswith(("lookup localhost", "('127.0.0.1', 8080)")) for line in contacted), contacted

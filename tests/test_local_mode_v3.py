@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import tarfile
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -13,29 +12,12 @@ import pytest
 import model_artifact
 from common.metrics import METRIC_DEFINITIONS
 from tests.conftest import FAST, REPO
-from tests.sdk3 import calls_of, run_stubbed
+from tests.sdk3 import NET_AUDIT, calls_of, run_stubbed
 
 IMAGE = "byoc-classifier-training:latest"
 ECR_TRAINING = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{IMAGE}"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
 PYTHON = REPO / ".venv-sdk3" / "bin" / "python"
-# A sitecustomize for the subprocesses (the SDK, and docker-compose if it is Python): logs every
-# network connection and name lookup to $NET_LOG, so the test sees telemetry or AWS calls.
-NET_AUDIT = textwrap.dedent("""
-    import os, socket, sys
-
-    def _audit(event, args):
-        if event == "socket.connect" and args[0].family != socket.AF_UNIX:
-            note = f"connect {args[1]}"
-        elif event == "socket.getaddrinfo":
-            note = f"lookup {args[0]}"
-        else:
-            return
-        with open(os.environ["NET_LOG"], "a") as log:
-            log.write(f"{sys.argv[0]}: {note}\\n")
-
-    sys.addaudithook(_audit)
-""")
 
 
 def _left_behind(root: Path) -> list[str]:
