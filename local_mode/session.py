@@ -36,8 +36,9 @@ def preflight(instance_type: str, sdk: int = 2) -> None:
         raise PreflightError("no AWS region: set AWS_DEFAULT_REGION (local mode needs one, not credentials)")
     if subprocess.run(["docker", "info"], capture_output=True).returncode != 0:
         raise PreflightError("no Docker engine answers: run docker/engine.sh (or start Docker)")
-    if compose_command(sdk) is None:
-        raise PreflightError(compose_missing(sdk))
+    version = compose_plugin_version()
+    if compose_command(sdk, version) is None:
+        raise PreflightError(compose_missing(sdk, version))
     if instance_type == "local_gpu":
         runtimes = subprocess.run(["docker", "info", "--format", "{{json .Runtimes}}"], capture_output=True, text=True)
         if "nvidia" not in runtimes.stdout:
@@ -53,13 +54,14 @@ def compose_plugin_version() -> str:
     return result.stdout.strip() if result.returncode == 0 else ""
 
 
-def compose_command(sdk: int = 2) -> list[str] | None:
+def compose_command(sdk: int = 2, version: str | None = None) -> list[str] | None:
     """The compose command SDK ``sdk``'s local mode will run, by the SDK's own rule, or None.
 
     Both prefer the plugin. SDK v2 takes it only if its version string contains "v2" (Compose
     v5's plugin is refused there); SDK v3 takes any major version from 2. Else ``docker-compose``.
+    ``version``: what ``compose_plugin_version()`` printed, if already asked.
     """
-    version = compose_plugin_version()
+    version = compose_plugin_version() if version is None else version
     if sdk >= 3:
         match = re.search(r"version\s+v?(\d+)", version)
         plugin = bool(match and int(match.group(1)) >= 2)
@@ -70,9 +72,8 @@ def compose_command(sdk: int = 2) -> list[str] | None:
     return ["docker-compose"] if shutil.which("docker-compose") else None
 
 
-def compose_missing(sdk: int) -> str:
-    """One line: why SDK ``sdk`` finds no compose here, and what to install."""
-    version = compose_plugin_version()
+def compose_missing(sdk: int, version: str) -> str:
+    """One line: why SDK ``sdk`` finds no compose here (``version``: the plugin's, or ''), and what to install."""
     if version and sdk < 3:  # a plugin SDK v2 does not recognize (e.g. Compose v5)
         return (f"SDK v2's local mode runs the docker compose plugin only at version 2.x (this one: {version!r}): "
                 "install docker-compose, or use SDK v3 (.venv-sdk3)")  # fmt: skip

@@ -62,3 +62,11 @@ def run_stubbed(tmp_path: Path, answers: dict, module: str, *args: str) -> tuple
 def calls_of(calls: list, operation: str) -> list[dict]:
     """The parameters of each call of ``operation``, in order."""
     return [params for _, name, params in calls if name == operation]
+
+
+def containers_of(image: str) -> list[str]:
+    """IDs of the containers, running or stopped, of ``image``: a test's endpoint or job must leave none."""
+    listed = subprocess.run(
+        ["docker", "ps", "-a", "-q", "--filter", f"ancestor={image}"], capture_output=True, text=True
+    )
+    return listed.stdout.split()

@@ -18,7 +18,7 @@ from local_mode import demo, terminal
 from local_mode import session as local
 from tests.conftest import REPO
 from tests.sdk3 import PYTHON as SDK3_PYTHON
-from tests.sdk3 import sdk3_env
+from tests.sdk3 import containers_of, sdk3_env
 
 MMS_LINE = re.compile(r"\[ACCESS\]|/invocations HTTP|W-9000-")  # the gateway's access line, a worker's name
 
@@ -44,9 +44,8 @@ def test_demo_trains_deploys_classifies_and_cleans_up(images, sample_data, tmp_p
     assert (tmp_path / "demo" / "artifacts" / "model.tar.gz").is_file()
     assert (tmp_path / "demo" / "artifacts" / "output.tar.gz").is_file()
     assert not (tmp_path / "demo" / "container_root").exists()
-    left = subprocess.run(["docker", "ps", "-a", "-q", "--filter", "ancestor=byoc-classifier-serving-cpu:latest"],
-                          capture_output=True, text=True).stdout  # fmt: skip
-    assert not left.strip() and not local.containers(tmp_path / "demo" / "container_root")
+    left = containers_of("byoc-classifier-serving-cpu:latest")
+    assert not left and not local.containers(tmp_path / "demo" / "container_root")
     # One line per phase on the terminal; the containers' output in the log it names.
     for phase in ("[1/4] training in local mode ... done in", "[2/4] deploying the endpoint ... ready in",
                   "[3/4] classifying 60 test images ... done in", "[4/4] cleaning up ... done in"):  # fmt: skip

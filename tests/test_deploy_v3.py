@@ -12,7 +12,7 @@ import torch
 
 import model_artifact
 from tests.conftest import REPO
-from tests.sdk3 import PYTHON, audited, calls_of, run_stubbed, sdk3_env
+from tests.sdk3 import PYTHON, audited, calls_of, containers_of, run_stubbed, sdk3_env
 from train import crops, data
 
 ECR_IMAGE = "123456789012.dkr.ecr.us-east-1.amazonaws.com/byoc-classifier-serving-cpu:latest"
@@ -131,9 +131,8 @@ def test_a_local_endpoint_of_the_cpu_image_classifies_refuses_junk_and_leaves_no
         assert top["label"] == meta.class_names[int(expected.argmax())], (photo, top)
         assert top["probability"] == pytest.approx(expected.max().item(), abs=model_artifact.ONNX_TOLERANCE)
     assert f"{junk} error 400: the body is not a readable image" in result.stderr and result.returncode == 1
-    left = subprocess.run(["docker", "ps", "-a", "--filter", "ancestor=byoc-classifier-serving-cpu:latest", "-q"],
-                          capture_output=True, text=True).stdout  # fmt: skip
-    assert not left.strip(), "the endpoint's container was left behind"
+    left = containers_of("byoc-classifier-serving-cpu:latest")
+    assert not left, "the endpoint's container was left behind"
     assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("sagemaker-v3-endpoint-")]
     contacted = set((tmp_path / "net.log").read_text().split("\n")) - {""}
     assert contacted, "the audit hook did not run"

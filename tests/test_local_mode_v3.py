@@ -12,7 +12,7 @@ import pytest
 import model_artifact
 from common.metrics import METRIC_DEFINITIONS
 from tests.conftest import FAST, REPO
-from tests.sdk3 import NET_AUDIT, calls_of, run_stubbed
+from tests.sdk3 import audited, calls_of, run_stubbed, sdk3_env
 
 IMAGE = "byoc-classifier-training:latest"
 ECR_TRAINING = f"123456789012.dkr.ecr.us-east-1.amazonaws.com/{IMAGE}"
@@ -40,12 +40,7 @@ def _left_behind(root: Path) -> list[str]:
 @pytest.mark.parametrize("instances", [1, 2])
 def test_model_trainer_trains_in_local_mode(images, sample_data, tmp_path, instances):
     assert PYTHON.exists(), "no .venv-sdk3: run `make venv-sdk3`"
-    (tmp_path / "audit").mkdir()
-    (tmp_path / "audit" / "sitecustomize.py").write_text(NET_AUDIT)
-    (tmp_path / "tmp").mkdir()  # TMPDIR: the SDK's container root and our config land here
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "AWS_"))}
-    env |= {"AWS_DEFAULT_REGION": "us-east-1", "TMPDIR": str(tmp_path / "tmp"), "PYTHONUNBUFFERED": "1"}
-    env |= {"PYTHONPATH": str(tmp_path / "audit"), "NET_LOG": str(tmp_path / "net.log")}
+    env = audited(sdk3_env(tmp_path), tmp_path)  # TMPDIR: the SDK's container root and our config land there
     hps = [f"{k}={v}" for k, v in (FAST | {"epochs": "1", "num-workers": "1"}).items()]
     result = subprocess.run(
         [str(PYTHON), "-m", "local_mode.fit_v3", "--image", IMAGE, "--data", str(sample_data),

@@ -12,7 +12,7 @@ import pytest
 import model_artifact
 from local_mode import transform
 from tests.conftest import REPO
-from tests.sdk3 import PYTHON, calls_of, run_stubbed, sdk3_env
+from tests.sdk3 import PYTHON, calls_of, containers_of, run_stubbed, sdk3_env
 
 IMAGE_URI = "123456789012.dkr.ecr.us-east-1.amazonaws.com/byoc-classifier-serving-cpu:latest"
 ROLE = "arn:aws:iam::123456789012:role/sagemaker-execution"
@@ -87,9 +87,8 @@ def test_local_jobs_answer_every_image_and_every_line_and_leave_nothing(images, 
     (answers,) = transform.read_outputs(tmp_path / "out-lines").values()
     assert [("predictions" in a) for a in answers] == [True] * 4 + [False]
     assert answers[-1]["status"] == 400 and "not a readable image" in answers[-1]["error"]
-    left = subprocess.run(["docker", "ps", "-a", "--filter", "ancestor=byoc-classifier-serving-cpu:latest", "-q"],
-                          capture_output=True, text=True).stdout  # fmt: skip
-    assert not left.strip(), "a job's container was left behind"
+    left = containers_of("byoc-classifier-serving-cpu:latest")
+    assert not left, "a job's container was left behind"
     assert not [p for p in (tmp_path / "tmp").iterdir() if p.name.startswith("sagemaker-v3-transform-")]
 
 
