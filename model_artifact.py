@@ -6,9 +6,11 @@ A model directory (SageMaker's ``/opt/ml/model``, tarred to model.tar.gz) holds:
   with ``torch.load(weights_only=True)`` (no pickled code);
 - ``model.onnx``: the same network with a softmax, for ONNX Runtime (the CPU serving image
   has no PyTorch);
+- ``model.int8.onnx`` (optional): ``model.onnx`` quantized to int8, with the accuracy it
+  kept on the validation split (``Int8Check``); the CPU image serves it when the drop is small;
 - ``artifact.json``: format version, architecture, class names in index order,
-  preprocessing, final metrics, library versions and the SHA-256 of ``model.pt`` and
-  ``model.onnx``;
+  preprocessing, final metrics, library versions and the SHA-256 of ``model.pt``,
+  ``model.onnx`` and ``model.int8.onnx``;
 - ``code/``: ``inference.py`` for AWS's PyTorch inference container, with a copy of this module.
 
 This module is the run-time side that serving, training and ``code/`` import: the format, the
@@ -45,9 +47,10 @@ if TYPE_CHECKING:
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.pt"
 ONNX_FILE = "model.onnx"
+INT8_FILE = "model.int8.onnx"
 METADATA_FILE = "artifact.json"
 ARTIFACT_FILES = (METADATA_FILE, WEIGHTS_FILE)  # all that a model folder needs; serving copies nothing else
-OPTIONAL_FILES = (ONNX_FILE,)  # copied too where present (the CPU serving image needs it)
+OPTIONAL_FILES = (ONNX_FILE, INT8_FILE)  # copied too where present (the CPU serving image runs them)
 ONNX_INPUT, ONNX_OUTPUT = "images", "probabilities"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -80,6 +83,35 @@ class Preprocessing:
         return cls(image_size=image_size, resize_size=round(image_size / 0.875))
 
 
+@dataclass(frozen=True)
+class Int8Check:
+    """``model.int8.onnx``: its checksum, how it was made, and what it keeps of ``model.onnx``'s
+    answers on the validation split (accuracies are fractions, as in ``metrics``)."""
+
+    sha256: str
+    method: str
+    images: int  # validation images both models answered
+    fp32_accuracy: float
+    int8_accuracy: float
+    agreement: float  # fraction of those images where both give the same top-1 class
+
+    @property
+    def accuracy_drop(self) -> float:
+        """Points of top-1 accuracy lost: 100 × (fp32 − int8); negative where int8 did better."""
+        return 100 * (self.fp32_accuracy - self.int8_accuracy)
+
+    @classmethod
+    def from_json(cls, raw: dict) -> Int8Check:
+        """Read and validate the ``int8`` object of artifact.json."""
+        check = cls(**raw)
+        fractions = (check.fp32_accuracy, check.int8_accuracy, check.agreement)
+        if not all(isinstance(x, int | float) and 0 <= x <= 1 for x in fractions):
+            raise ValueError("int8: accuracies and agreement must be fractions between 0 and 1")
+        if not isinstance(check.images, int) or check.images < 1 or not isinstance(check.sha256, str):
+            raise ValueError("int8: images must be a positive integer and sha256 a string")
+        return check
+
+
 @dataclass
 class Metadata:
     """Everything about the model except its weights."""
@@ -92,6 +124,7 @@ class Metadata:
     versions: dict[str, str] = field(default_factory=dict)
     weights_sha256: str = ""
     onnx_sha256: str = ""  # empty: no model.onnx (an artifact written before, or save(onnx=False))
+    int8: Int8Check | None = None  # None: no model.int8.onnx
     format_version: int = FORMAT_VERSION
 
     @property
@@ -134,7 +167,8 @@ def load_metadata(model_dir: str | os.PathLike) -> Metadata:
             )
         prep = raw.pop("preprocessing")
         prep = Preprocessing(**{**prep, "mean": tuple(prep["mean"]), "std": tuple(prep["std"])})
-        meta = Metadata(preprocessing=prep, **raw)
+        int8 = raw.pop("int8", None)
+        meta = Metadata(preprocessing=prep, int8=Int8Check.from_json(int8) if int8 is not None else None, **raw)
     except (ValueError, TypeError, KeyError) as exc:
         raise ArtifactError(f"{path} is malformed: {exc}") from exc
     if not meta.class_names:
@@ -160,6 +194,13 @@ def onnx_path(model_dir: str | os.PathLike, meta: Metadata) -> Path:
             "or serve it with the PyTorch image (byoc-classifier-serving-gpu)"
         )
     return verified_file(model_dir, ONNX_FILE, meta.onnx_sha256)
+
+
+def int8_path(model_dir: str | os.PathLike, meta: Metadata) -> Path:
+    """The verified ``model.int8.onnx`` (the artifact must carry one: ``meta.int8``)."""
+    if meta.int8 is None:
+        raise ArtifactError(f"{Path(model_dir)} has no {INT8_FILE}: run `export-onnx --int8 VALIDATION_FOLDER` on it")
+    return verified_file(model_dir, INT8_FILE, meta.int8.sha256)
 
 
 def load(model_dir: str | os.PathLike, device: str | torch.device = "cpu"):

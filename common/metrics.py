@@ -29,6 +29,9 @@ METRIC_DEFINITIONS = [
     {"Name": "train:data_wait", "Regex": rf"\bdata_wait={_NUMBER}"},
     {"Name": "test:loss", "Regex": rf"\btest_loss={_NUMBER}"},
     {"Name": "test:accuracy", "Regex": rf"\btest_accuracy={_NUMBER}"},
+    {"Name": "int8:accuracy", "Regex": rf"\bint8_accuracy={_NUMBER}"},
+    {"Name": "int8:fp32_accuracy", "Regex": rf"\bfp32_accuracy={_NUMBER}"},
+    {"Name": "int8:agreement", "Regex": rf"\bint8_agreement={_NUMBER}"},
 ]
 OBJECTIVE_METRIC = "validation:accuracy"
 
@@ -40,6 +43,20 @@ def _format(record: dict) -> str:
 def epoch_line(record: dict) -> str:
     """``epoch=3 train_loss=0.41 ... epoch_time=12.3`` (values rounded to 6 significant digits)."""
     return _format({"epoch": record["epoch"]} | {k: record[k] for k in EPOCH_KEYS if k in record})
+
+
+def int8_line(check) -> str:
+    """``int8 int8_accuracy=0.90 fp32_accuracy=0.91 int8_agreement=0.98 int8_accuracy_drop=1`` for a
+    ``model_artifact.Int8Check`` (the drop in points; negative where int8 did better)."""
+    return "int8 " + _format(
+        {
+            "int8_accuracy": check.int8_accuracy,
+            "fp32_accuracy": check.fp32_accuracy,
+            "int8_agreement": check.agreement,
+            "int8_accuracy_drop": round(check.accuracy_drop, 4),
+            "images": check.images,
+        }
+    )
 
 
 def final_line(final: dict) -> str:

@@ -40,7 +40,9 @@ class ClassifierService:
         """Load the artifact on this worker's runtime and device and run a warm-up prediction."""
         self.settings = settings
         started = time.perf_counter()
-        self.model, self.meta = runtimes.load(model_dir, gpu_id, settings.runtime, settings.threads)
+        self.model, self.meta = runtimes.load(
+            model_dir, gpu_id, settings.runtime, settings.threads, settings.precision, settings.int8_max_drop
+        )
         self.transform = model_artifact.ArrayTransform(self.meta.preprocessing)
         self.options = codecs.DecodeOptions(
             settings.max_images,

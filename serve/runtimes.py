@@ -7,6 +7,11 @@ otherwise (a GPU worker; the GPU image, which has no onnxruntime, on a CPU insta
 take the same preprocessed float32 batch (``model_artifact.ArrayTransform``) and return
 class probabilities as a float32 numpy array, one row per image. On 2 CPUs ONNX Runtime
 answers a 224 px ResNet18 image in about two thirds of eager PyTorch's time (``make bench``).
+
+On ONNX Runtime, ``SERVE_PRECISION`` chooses between ``model.onnx`` and the artifact's
+``model.int8.onnx`` (``choose_precision``): ``auto`` serves int8 when training recorded an
+accuracy drop within ``SERVE_INT8_MAX_DROP`` points on the validation split. PyTorch serves
+``model.pt`` (fp32) whatever the artifact holds.
 """
 
 from __future__ import annotations
@@ -40,15 +45,40 @@ def choose(setting: str, gpu: bool) -> str:
     return setting
 
 
+def choose_precision(meta: model_artifact.Metadata, setting: str = "auto", max_drop: float = 0.5) -> tuple[str, str]:
+    """(``int8`` or ``fp32``, why) for ``SERVE_PRECISION=setting`` and an artifact whose metadata is ``meta``."""
+    check = meta.int8
+    if check is None:
+        if setting == "int8":
+            raise model_artifact.ArtifactError(
+                f"SERVE_PRECISION=int8, but the artifact has no {model_artifact.INT8_FILE}: train with int8=true, "
+                "run `export-onnx --int8 VALIDATION_FOLDER` on it, or use SERVE_PRECISION=auto"
+            )
+        return "fp32", f"the artifact has no {model_artifact.INT8_FILE}"
+    cost = (
+        f"int8 accuracy {check.int8_accuracy:.4f} against fp32 {check.fp32_accuracy:.4f} "
+        f"({-check.accuracy_drop:+.2f} points) on {check.images} validation images"
+    )
+    if setting != "auto":
+        return setting, f"SERVE_PRECISION={setting}; {cost}"
+    if check.accuracy_drop <= max_drop:
+        return "int8", f"{cost}: within SERVE_INT8_MAX_DROP={max_drop:g}"
+    return "fp32", f"{cost}: more than SERVE_INT8_MAX_DROP={max_drop:g} lost"
+
+
 class OnnxModel:
-    """``model.onnx`` in an ONNX Runtime session on the CPU, with ``threads`` intra-op threads."""
+    """``model.onnx`` or ``model.int8.onnx`` (``precision``) in an ONNX Runtime session on the
+    CPU, with ``threads`` intra-op threads."""
 
     device = "cpu"
 
-    def __init__(self, model_dir: str, meta: model_artifact.Metadata, threads: int):
+    def __init__(self, model_dir: str, meta: model_artifact.Metadata, threads: int, precision: str = "fp32"):
         import onnxruntime
 
-        path = model_artifact.onnx_path(model_dir, meta)
+        if precision == "int8":
+            path = model_artifact.int8_path(model_dir, meta)
+        else:
+            path = model_artifact.onnx_path(model_dir, meta)
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one request batch at a time per worker: parallelism is within the graph
@@ -58,7 +88,8 @@ class OnnxModel:
         options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3  # warnings about unused initializers etc. are not the client's business
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        self.name = f"onnxruntime {onnxruntime.__version__}"
+        self.precision = precision
+        self.name = f"onnxruntime {onnxruntime.__version__}, {path.name}"
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Probabilities (N, classes) of a preprocessed batch (N, 3, H, W)."""
@@ -96,9 +127,17 @@ class TorchModel:
         return "CUDA" in str(exc) or type(exc).__name__ == "AcceleratorError"
 
 
-def load(model_dir: str, gpu_id: int | None, runtime: str, threads: int):
-    """(model, metadata): the artifact's metadata and its network on the chosen runtime."""
+def load(
+    model_dir: str, gpu_id: int | None, runtime: str, threads: int, precision: str = "auto", int8_max_drop: float = 0.5
+):
+    """(model, metadata): the artifact's metadata and its network on the chosen runtime and,
+    on ONNX Runtime, precision (logged with the reason)."""
     meta = model_artifact.load_metadata(model_dir)
     if choose(runtime, gpu_id is not None) == "onnx":
-        return OnnxModel(model_dir, meta, threads), meta
+        chosen, why = choose_precision(meta, precision, int8_max_drop)
+        model = OnnxModel(model_dir, meta, threads, chosen)
+        model.name += f" ({chosen}: {why})"
+        return model, meta
+    if precision == "int8":
+        raise ValueError("SERVE_PRECISION=int8 runs on ONNX Runtime (the CPU image); PyTorch serves model.pt: use auto")
     return TorchModel(model_dir, meta, gpu_id, threads), meta

@@ -24,6 +24,8 @@ reader of SageMaker's serving variables (the server, its pre-flight and each MMS
 | SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
 | SERVE_THREADS | CPUs / workers | intra-op threads of each CPU worker (old name: SERVE_TORCH_THREADS) |
 | SERVE_RUNTIME | auto | `onnx`, `torch`, or `auto`: ONNX Runtime on CPUs where installed (serve.runtimes) |
+| SERVE_PRECISION | auto | ONNX Runtime's model: `int8`, `fp32`, or `auto`: int8 where the artifact has one within SERVE_INT8_MAX_DROP |
+| SERVE_INT8_MAX_DROP | 0.5 | points of validation accuracy the int8 model may have lost for `auto` to serve it |
 | SERVE_LOG_LEVEL | SAGEMAKER_CONTAINER_LOG_LEVEL, else INFO | Python log level of the server and its workers |
 | SAGEMAKER_CONTAINER_LOG_LEVEL | (unset) | the SDK's `container_log_level`: a number (`20`) or a name (`INFO`) |
 | SAGEMAKER_PROGRAM | (unset) | script mode: the user's inference module in the code folder (docs/script-mode.md) |
@@ -56,6 +58,19 @@ def _int(name: str, default: int, low: int = 1, high: int | None = None) -> int:
     return value
 
 
+def _float(name: str, default: float, low: float, high: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={raw!r} must be between {low:g} and {high:g}")
+    return value
+
+
 def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
     raw = os.environ.get(name, "").strip().lower() or default
     if raw not in choices:
@@ -64,6 +79,7 @@ def _choice(name: str, default: str, choices: tuple[str, ...]) -> str:
 
 
 RUNTIMES = ("auto", "onnx", "torch")  # serve.runtimes
+PRECISIONS = ("auto", "int8", "fp32")  # serve.runtimes.choose_precision
 DEFAULT_BASE_DIR = Path("/opt/ml")
 TRANSFORM_PAYLOAD_MB = 100  # batch transform's ceiling for MaxPayloadInMB, and for it times MaxConcurrentTransforms
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -118,6 +134,8 @@ class Settings:
     log_level: str
     user: str
     runtime: str = "auto"
+    precision: str = "auto"
+    int8_max_drop: float = 0.5  # points of validation accuracy
     program: str = ""  # SAGEMAKER_PROGRAM: script mode when set
     submit_dir: str = ""
     base_dir: Path = DEFAULT_BASE_DIR  # SAGEMAKER_BASE_DIR
@@ -156,6 +174,8 @@ class Settings:
             memory_headroom_mb=_int("SERVE_MEMORY_HEADROOM_MB", 256, low=0),
             threads=_int("SERVE_THREADS", 0) or _int("SERVE_TORCH_THREADS", max(1, cpus // workers)),
             runtime=_choice("SERVE_RUNTIME", "auto", RUNTIMES),
+            precision=_choice("SERVE_PRECISION", "auto", PRECISIONS),
+            int8_max_drop=_float("SERVE_INT8_MAX_DROP", 0.5, 0, 100),
             log_level=log_level(),
             user=os.environ.get("SERVE_USER", "model-server"),
             program=os.environ.get("SAGEMAKER_PROGRAM", "").strip(),

@@ -52,7 +52,7 @@ def test_the_quiet_exporter_holds_its_loggers_at_warning_and_restores_them(caplo
     logging.getLogger("onnxscript").setLevel(logging.ERROR)  # a level set by the user stays above WARNING
     try:
         before = exporter_levels()
-        with artifact._quiet_exporter():
+        with artifact.quiet(artifact.EXPORTER_LOGGERS):
             logging.getLogger("onnx_ir.passes.common.unused_removal").info(INFO_LINE)
             logging.getLogger("torch.onnx._internal.exporter._core").warning("a warning passes")
             logging.getLogger("onnxscript.rewriter").warning("below the user's ERROR")
@@ -67,7 +67,7 @@ def test_the_quiet_exporter_holds_its_loggers_at_warning_and_restores_them(caplo
 def test_a_failed_export_shows_its_progress_and_restores_the_levels(caplog, capsys):
     caplog.set_level(logging.INFO)
     before = exporter_levels()
-    with pytest.raises(RuntimeError, match="exporter broke"), artifact._quiet_exporter():
+    with pytest.raises(RuntimeError, match="exporter broke"), artifact.quiet(artifact.EXPORTER_LOGGERS):
         logging.getLogger("onnxscript.optimizer").info(INFO_LINE)
         print("[torch.onnx] Run decomposition...")
         raise RuntimeError("exporter broke")

@@ -95,7 +95,7 @@ def export_onnx(model: torch.nn.Module, prep: Preprocessing, path: Path) -> str:
 def _torch_onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """torch.export-based ONNX export (the legacy TorchScript exporter is deprecated), batch size free."""
     batch = torch.export.Dim("batch", min=1, max=4096)
-    with torch.inference_mode(False), torch.no_grad(), _quiet_exporter():
+    with torch.inference_mode(False), torch.no_grad(), quiet(EXPORTER_LOGGERS):
         torch.onnx.export(
             model, (example,), str(path), input_names=[model_artifact.ONNX_INPUT],
             output_names=[model_artifact.ONNX_OUTPUT], dynamic_shapes=({0: batch},), dynamo=True,
@@ -104,12 +104,13 @@ def _torch_onnx_export(model: torch.nn.Module, example: torch.Tensor, path: Path
 
 
 @contextlib.contextmanager
-def _quiet_exporter():
-    """The exporter prints its progress to stdout and its passes log at INFO: keep both out of
-    the job's log (warnings still pass); the printed progress is shown if the export fails."""
+def quiet(loggers: tuple[str, ...], level: int = logging.WARNING):
+    """Keep a tool's printed progress and its ``loggers``' lines below ``level`` out of the job's
+    log (the exporter prints its progress and its passes log at INFO); what it printed is shown
+    if it fails."""
     out = io.StringIO()
     try:
-        with contextlib.redirect_stdout(out), _loggers_at_least(logging.WARNING, EXPORTER_LOGGERS):
+        with contextlib.redirect_stdout(out), _loggers_at_least(level, loggers):
             yield
     except Exception:
         sys.stdout.write(out.getvalue())

@@ -26,6 +26,7 @@ LR_SCHEDULERS = ("cosine", "step", "constant")
 # Hyperparameters that do not change what is learned: a checkpoint resumes across changes of these.
 OPERATIONAL = (
     "num_workers", "log_interval", "checkpoint_dir", "profile", "profile_steps", "max_bad_fraction", "input_cache_dir",
+    "int8",
 )  # fmt: skip
 # The channels the trainer reads, all as folders of files; others in inputdataconfig.json are ignored.
 TRAINER_CHANNELS = ("training", "validation", "test", "pretrained")
@@ -257,6 +258,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default BASE/checkpoints")
     p.add_argument("--profile", type=boolean, default=False, help="step timings, a trace and a report in output data")
     p.add_argument("--profile-steps", type=number(int, 1, 50), default=5, help="steps torch.profiler traces")
+    p.add_argument("--int8", type=boolean, default=True, help="also write model.int8.onnx, checked on the validation split")
     return p
 
 

@@ -27,6 +27,7 @@ from train import (
     metrics,
     precision,
     profile_report,
+    quantize,
     profiler,
     schedule,
 )
@@ -253,6 +254,26 @@ def write_artifacts(job: Job, final: dict) -> None:
     artifact.save(job.paths.model_dir, job.step.net.state_dict(), meta)
     metrics.write_report(job.paths.output_data_dir, job.record.history, final)
     log.info("model artifact written to %s in %.1f s", job.paths.model_dir, time.perf_counter() - started)
+    if job.args.int8:
+        write_int8(job, meta)
+
+
+def write_int8(job: Job, meta: model_artifact.Metadata) -> None:
+    """``model.int8.onnx``, calibrated on training images and checked on the validation split,
+    recorded in artifact.json and a metric line. Without a validation split there is nothing
+    to check it on, so none is written; a failure leaves the fp32 artifact as it is, with a warning."""
+    if not job.val.samples:
+        log.warning("no validation split: %s not written (its accuracy could not be checked)", model_artifact.INT8_FILE)
+        return
+    calibration = quantize.calibration_sample([path for path, _ in job.train.samples], job.args.seed)
+    try:
+        check = quantize.add_int8(job.paths.model_dir, meta, calibration, job.val.samples, job.args.max_image_pixels)
+    except Exception as exc:  # the fp32 model is trained and written: an int8 failure must not lose it
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        log.warning("%s not written, the CPU image serves model.onnx: %s", model_artifact.INT8_FILE, reason)
+        return
+    artifact.write_metadata(job.paths.model_dir, meta)
+    print(metrics.int8_line(check), flush=True)
 
 
 def setup(args, paths: config.Paths, stop: StopRequest) -> Job:

@@ -10,9 +10,11 @@ import json
 import logging
 from pathlib import Path
 
-from common.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, OBJECTIVE_METRIC, epoch_line, final_line
+from common.metrics import EPOCH_KEYS, METRIC_DEFINITIONS, OBJECTIVE_METRIC, epoch_line, final_line, int8_line
 
-__all__ = ["EPOCH_KEYS", "METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "epoch_line", "final_line", "write_report"]
+__all__ = [
+    "EPOCH_KEYS", "METRIC_DEFINITIONS", "OBJECTIVE_METRIC", "epoch_line", "final_line", "int8_line", "write_report",
+]  # fmt: skip
 log = logging.getLogger(__name__)
 
 
