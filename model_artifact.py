@@ -97,7 +97,7 @@ class Int8Check:
 
     @property
     def accuracy_drop(self) -> float:
-        """Points of top-1 accuracy lost: 100 × (fp32 − int8); negative where int8 did better."""
+        """Points of top-1 accuracy lost: 100 * (fp32 - int8); negative where int8 did better."""
         return 100 * (self.fp32_accuracy - self.int8_accuracy)
 
     @classmethod

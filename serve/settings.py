@@ -24,8 +24,8 @@ reader of SageMaker's serving variables (the server, its pre-flight and each MMS
 | SERVE_USER | model-server | the unprivileged user that serving drops to when started as root |
 | SERVE_THREADS | CPUs / workers | intra-op threads of each CPU worker (old name: SERVE_TORCH_THREADS) |
 | SERVE_RUNTIME | auto | `onnx`, `torch`, or `auto`: ONNX Runtime on CPUs where installed (serve.runtimes) |
-| SERVE_PRECISION | auto | ONNX Runtime's model: `int8`, `fp32`, or `auto`: int8 where the artifact has one within SERVE_INT8_MAX_DROP |
-| SERVE_INT8_MAX_DROP | 0.5 | points of validation accuracy the int8 model may have lost for `auto` to serve it |
+| SERVE_PRECISION | auto | `int8`, `fp32`, or `auto`: ONNX Runtime serves int8 where its recorded drop is small |
+| SERVE_INT8_MAX_DROP | 0.5 | points of validation accuracy int8 may lose for `auto` to serve it |
 | SERVE_LOG_LEVEL | SAGEMAKER_CONTAINER_LOG_LEVEL, else INFO | Python log level of the server and its workers |
 | SAGEMAKER_CONTAINER_LOG_LEVEL | (unset) | the SDK's `container_log_level`: a number (`20`) or a name (`INFO`) |
 | SAGEMAKER_PROGRAM | (unset) | script mode: the user's inference module in the code folder (docs/script-mode.md) |

@@ -1,6 +1,7 @@
 """Writing the model artifact that ``model_artifact`` reads: ``save`` at the end of training
 (model.pt, model.onnx, artifact.json, then ``code/``), and the ``export-onnx`` command, which
-adds model.onnx to artifacts written before ONNX export (folders and model.tar.gz files).
+adds model.onnx to artifacts written before ONNX export (folders and model.tar.gz files) and,
+with ``--int8 VALIDATION_FOLDER``, model.int8.onnx checked on that folder (``train.quantize``).
 
 The ONNX export is checked before it is kept (ONNX Runtime's probabilities against PyTorch's,
 within ``model_artifact.ONNX_TOLERANCE``) and kept quiet: the exporter's progress on stdout
@@ -20,7 +21,7 @@ import platform
 import sys
 import tarfile
 import tempfile
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ import torchvision
 from PIL import Image
 
 import model_artifact
+from common.images import IMAGE_EXTENSIONS
+from common.metrics import int8_line
 from model_artifact import ONNX_FILE, ArtifactError, Metadata, Preprocessing, atomic_write, file_sha256
 from serve.portable_code import write_code
 
@@ -148,17 +151,58 @@ def _check_onnx(path: Path, model: torch.nn.Module, example: torch.Tensor) -> No
         raise ArtifactError(f"the ONNX export differs from PyTorch by {difference:.2g} (> {tolerance}): not kept")
 
 
-def add_onnx(model_dir: str | os.PathLike) -> Metadata:
+@dataclass(frozen=True)
+class Int8Images:
+    """Where ``export-onnx --int8`` finds its images: a validation folder laid out as the
+    training channel (a folder per class of the artifact) and, optionally, calibration images."""
+
+    validation: Path
+    calibration: Path | None = None
+
+    def labelled(self, class_names: list[str]) -> list[tuple[Path, int]]:
+        """(image, class index) of every image of the validation folder."""
+        if not self.validation.is_dir():
+            raise ArtifactError(f"--int8 {self.validation}: not a folder")
+        folders = sorted(p.name for p in self.validation.iterdir() if p.is_dir() and not p.name.startswith("."))
+        unknown = sorted(set(folders) - set(class_names))
+        if unknown:
+            raise ArtifactError(f"--int8 {self.validation}: folders that are not the model's classes: {unknown[:5]}")
+        index = {name: i for i, name in enumerate(class_names)}
+        found = [(path, index[name]) for name in folders for path in sorted((self.validation / name).iterdir())]
+        samples = [(path, label) for path, label in found if path.suffix.lower() in IMAGE_EXTENSIONS]
+        if not samples:
+            raise ArtifactError(f"--int8 {self.validation}: no images in class folders")
+        return samples
+
+    def calibration_files(self, validation: list[tuple[Path, int]]) -> tuple[list[Path], str]:
+        """The calibration images and where they come from (the validation images without a calibration folder)."""
+        if self.calibration is None:
+            return [path for path, _ in validation], "validation"
+        files = sorted(p for p in self.calibration.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+        if not files:
+            raise ArtifactError(f"--calibration {self.calibration}: no images")
+        return files, "calibration-folder"
+
+
+def add_onnx(model_dir: str | os.PathLike, int8: Int8Images | None = None) -> Metadata:
     """Export ``model.onnx`` into an artifact written without one (or replace it), and record
-    its checksum in artifact.json; the weights are verified first and left as they are."""
+    its checksum in artifact.json; the weights are verified first and left as they are. With
+    ``int8``, also write ``model.int8.onnx`` checked on its validation folder."""
     model, meta = model_artifact.load(model_dir)
     meta.onnx_sha256 = export_onnx(model, meta.preprocessing, Path(model_dir) / ONNX_FILE)
+    if int8 is not None:
+        from train import quantize  # it imports this module
+
+        validation = int8.labelled(meta.class_names)
+        files, source = int8.calibration_files(validation)
+        calibration = quantize.calibration_sample(files, seed=0)
+        quantize.add_int8(Path(model_dir), meta, calibration, validation, source=source)
     write_metadata(model_dir, meta)
     write_code(model_dir)
     return meta
 
 
-def add_onnx_to_tarball(tarball: Path) -> Metadata:
+def add_onnx_to_tarball(tarball: Path, int8: Int8Images | None = None) -> Metadata:
     """``add_onnx`` for a ``model.tar.gz``: unpacked into a temporary folder, repacked in place."""
     with tempfile.TemporaryDirectory() as tmp:
         try:
@@ -172,7 +216,7 @@ def add_onnx_to_tarball(tarball: Path) -> Metadata:
             raise ArtifactError(
                 f"{model_artifact.METADATA_FILE} not found in {tarball.name}: is it a model trained by this project?"
             )
-        meta = add_onnx(tmp)
+        meta = add_onnx(tmp, int8)
         atomic_write(tarball, lambda f: _pack(Path(tmp), f))
     return meta
 
@@ -186,15 +230,26 @@ def _pack(folder: Path, out) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``export-onnx MODEL ...``: add model.onnx to model folders or model.tar.gz files written before."""
+    """``export-onnx MODEL ... [--int8 VALIDATION_FOLDER]``: add model.onnx (and model.int8.onnx)
+    to model folders or model.tar.gz files written before."""
     parser = argparse.ArgumentParser(prog="export-onnx", description=main.__doc__)
     parser.add_argument("models", nargs="+", type=Path, help="a model folder (with artifact.json) or a model.tar.gz")
+    parser.add_argument("--int8", type=Path, metavar="VALIDATION_FOLDER",
+                        help="also write model.int8.onnx, checked on this folder (a folder per class)")  # fmt: skip
+    parser.add_argument("--calibration", type=Path, metavar="FOLDER",
+                        help="with --int8: calibrate on 64 of its images (default: validation images)")  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.calibration and not args.int8:
+        parser.error("--calibration needs --int8")
+    int8 = Int8Images(args.int8, args.calibration) if args.int8 else None
     status = 0
-    for path in parser.parse_args(argv).models:
+    for path in args.models:
         try:
-            meta = add_onnx_to_tarball(path) if path.is_file() else add_onnx(path)
+            meta = add_onnx_to_tarball(path, int8) if path.is_file() else add_onnx(path, int8)
             summary = f"{meta.architecture}, {meta.num_classes} classes, sha256 {meta.onnx_sha256[:12]}"
             print(f"{path}: {ONNX_FILE} written ({summary})")
+            if int8 is not None and meta.int8 is not None:
+                print(f"{path}: {int8_line(meta.int8)}")
         except (ArtifactError, OSError, EOFError, ValueError) as exc:
             print(f"{path}: {exc}", file=sys.stderr)
             status = 1

@@ -258,7 +258,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-dir", type=Path, default=None, help="default BASE/checkpoints")
     p.add_argument("--profile", type=boolean, default=False, help="step timings, a trace and a report in output data")
     p.add_argument("--profile-steps", type=number(int, 1, 50), default=5, help="steps torch.profiler traces")
-    p.add_argument("--int8", type=boolean, default=True, help="also write model.int8.onnx, checked on the validation split")
+    p.add_argument("--int8", type=boolean, default=True, help="model.int8.onnx too, checked on validation")
     return p
 
 

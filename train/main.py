@@ -27,8 +27,8 @@ from train import (
     metrics,
     precision,
     profile_report,
-    quantize,
     profiler,
+    quantize,
     schedule,
 )
 from train import model as model_lib

@@ -13,7 +13,6 @@ The file is plain ONNX (protobuf, no pickle), recorded with its SHA-256 in artif
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import random
@@ -27,7 +26,9 @@ import numpy as np
 from PIL import Image
 
 import model_artifact
+from common.cpus import available_cpus
 from model_artifact import INT8_FILE, ArtifactError, Int8Check, Metadata, Preprocessing
+from train.artifact import quiet
 
 log = logging.getLogger(__name__)
 CALIBRATION_IMAGES = 64
@@ -50,7 +51,8 @@ class Recipe:
         """One line for artifact.json's ``int8.method``."""
         weights = f"int8 {'per-channel' if self.per_channel else 'per-tensor'} weights"
         bits = " (7-bit)" if self.reduce_range else ""
-        return f"onnxruntime static QDQ: uint8 activations ({self.calibration}, {images} {source} images), {weights}{bits}"
+        activations = f"uint8 activations ({self.calibration}, {images} {source} images)"
+        return f"onnxruntime static QDQ: {activations}, {weights}{bits}"
 
 
 def pixels(paths: Iterable[Path], prep: Preprocessing, max_pixels: int | None) -> Iterator[np.ndarray | None]:
@@ -63,7 +65,7 @@ def pixels(paths: Iterable[Path], prep: Preprocessing, max_pixels: int | None) -
         except (OSError, ValueError, Image.DecompressionBombError):
             return None  # counted by training already; not this check's business
 
-    with ThreadPoolExecutor(max(1, min(8, os.cpu_count() or 1))) as pool:
+    with ThreadPoolExecutor(min(8, available_cpus())) as pool:
         yield from pool.map(one, paths)
 
 
@@ -92,7 +94,7 @@ def quantize(fp32: Path, calibration: list[np.ndarray], out: Path, recipe: Recip
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
-        with quiet_quantizer():
+        with quiet(QUANTIZER_LOGGERS, logging.ERROR):
             q.quantize_static(
                 str(fp32), str(tmp), Reader(), quant_format=q.QuantFormat.QDQ,
                 activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
@@ -105,15 +107,6 @@ def quantize(fp32: Path, calibration: list[np.ndarray], out: Path, recipe: Recip
     finally:
         tmp.unlink(missing_ok=True)
     return model_artifact.file_sha256(out)
-
-
-@contextlib.contextmanager
-def quiet_quantizer():
-    """The quantizer's warnings and progress stay out of the job's log (errors pass)."""
-    from train.artifact import quiet
-
-    with quiet(QUANTIZER_LOGGERS, logging.ERROR):
-        yield
 
 
 @dataclass(frozen=True)
@@ -185,10 +178,10 @@ def add_int8(
     meta.int8 = None
     out.unlink(missing_ok=True)  # never an int8 file whose record is gone
     sha256 = quantize(fp32, arrays, out, recipe)
-    threads = max(1, os.cpu_count() or 1)
-    images = zip(pixels([path for path, _ in validation], prep, max_pixels), (label for _, label in validation))
+    labels = [label for _, label in validation]
+    images = zip(pixels([path for path, _ in validation], prep, max_pixels), labels, strict=True)
     try:
-        result = compare(fp32, out, images, threads)
+        result = compare(fp32, out, images, available_cpus())
     except BaseException:
         out.unlink(missing_ok=True)
         raise
@@ -199,4 +192,3 @@ def add_int8(
         -meta.int8.accuracy_drop, result.agreement, result.images,
     )  # fmt: skip
     return meta.int8
-
