@@ -61,7 +61,7 @@ def choose_precision(meta: model_artifact.Metadata, setting: str = "auto", max_d
     )
     if setting != "auto":
         return setting, f"SERVE_PRECISION={setting}; {cost}"
-    if check.accuracy_drop <= max_drop:
+    if check.accuracy_drop <= max_drop + 1e-9:  # accuracies are fractions k/n: 0.9 - 0.895 is 0.5000000000000004
         return "int8", f"{cost}: within SERVE_INT8_MAX_DROP={max_drop:g}"
     return "fp32", f"{cost}: more than SERVE_INT8_MAX_DROP={max_drop:g} lost"
 

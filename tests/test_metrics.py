@@ -42,9 +42,13 @@ def test_every_regex_matches_real_training_output(trained_job):
         "train:throughput": "img_per_sec",
         "train:data_wait": "data_wait",
     }
+    int8 = json.loads((base / "model" / "artifact.json").read_text())["int8"]
+    int8_keys = {"int8:accuracy": "int8_accuracy", "int8:fp32_accuracy": "fp32_accuracy", "int8:agreement": "agreement"}
     for definition in metrics.METRIC_DEFINITIONS:
         values = [float(v) for v in re.findall(definition["Regex"], result.stdout)]
-        if definition["Name"].startswith("test:"):
+        if definition["Name"].startswith("int8:"):
+            assert values == pytest.approx([int8[int8_keys[definition["Name"]]]], rel=1e-5)
+        elif definition["Name"].startswith("test:"):
             assert values == pytest.approx([report["final"][definition["Name"].replace(":", "_")]], rel=1e-5)
         else:
             expected = [r[keys[definition["Name"]]] for r in report["history"]]

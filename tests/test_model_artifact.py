@@ -60,6 +60,24 @@ def test_pickled_code_is_never_executed(tmp_path):
         model_artifact.load(tmp_path)
 
 
+INT8 = {
+    "sha256": "0" * 64, "method": "m", "images": 10, "fp32_accuracy": 0.9, "int8_accuracy": 0.8, "agreement": 0.9,
+}  # fmt: skip
+
+
+def test_the_int8_record_round_trips(tmp_path):
+    saved(tmp_path)
+    meta = model_artifact.load_metadata(tmp_path)
+    assert meta.int8 is None
+    meta.int8 = model_artifact.Int8Check(**INT8)
+    artifact.write_metadata(tmp_path, meta)
+    loaded = model_artifact.load_metadata(tmp_path)
+    assert loaded.int8 == meta.int8 and loaded.int8.accuracy_drop == pytest.approx(10.0)
+    with pytest.raises(ArtifactError, match="does not match the checksum"):  # no such file yet: its checksum
+        (tmp_path / model_artifact.INT8_FILE).write_bytes(b"x")
+        model_artifact.int8_path(tmp_path, loaded)
+
+
 @pytest.mark.parametrize(
     "edit,message",
     [
@@ -67,6 +85,11 @@ def test_pickled_code_is_never_executed(tmp_path):
         (lambda m: m.pop("architecture"), "malformed"),
         (lambda m: m.update(class_names=[]), "no class names"),
         (lambda m: m.update(class_names=["a", "b"]), "weights do not fit"),
+        (lambda m: m.update(int8=INT8 | {"int8_accuracy": "0.8"}), "malformed: int8: accuracies and agreement must be"),
+        (lambda m: m.update(int8=INT8 | {"agreement": 1.5}), "malformed: int8: accuracies and agreement must be"),
+        (lambda m: m.update(int8=INT8 | {"images": 0}), "malformed: int8: images must be a positive integer"),
+        (lambda m: m.update(int8=INT8 | {"extra": 1}), "malformed: .*unexpected keyword argument 'extra'"),
+        (lambda m: m.update(int8={k: v for k, v in INT8.items() if k != "sha256"}), "malformed: .*sha256"),
     ],
 )
 def test_bad_metadata_is_a_clear_error(tmp_path, edit, message):
@@ -115,6 +138,15 @@ def test_copy_files_takes_the_artifact_and_nothing_else(tmp_path):
     (source / "outside").symlink_to("/etc")
     copy = model_artifact.copy_files(source, tmp_path / "copy")
     assert sorted(p.name for p in copy.iterdir()) == sorted([*model_artifact.ARTIFACT_FILES, model_artifact.ONNX_FILE])
+    (source / model_artifact.INT8_FILE).write_bytes(b"int8")
+    copy = model_artifact.copy_files(source, tmp_path / "copy-int8")
+    assert sorted(p.name for p in copy.iterdir()) == sorted(
+        [*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES]
+    )
+    (source / model_artifact.INT8_FILE).unlink()
+    (source / model_artifact.INT8_FILE).symlink_to("/etc/passwd")
+    with pytest.raises(model_artifact.ArtifactError, match=r"model\.int8\.onnx is a symbolic link: refused"):
+        model_artifact.copy_files(source, tmp_path / "copy-link")
     assert model_artifact.load(copy)[1].class_names == ["a", "b"]
 
 

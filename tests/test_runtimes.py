@@ -3,6 +3,7 @@ artifacts without or with a tampered model.onnx, and the settings that choose.""
 
 from __future__ import annotations
 
+import re
 import shutil
 
 import numpy as np
@@ -116,7 +117,10 @@ def test_a_batch_answers_each_image_as_alone(onnx_model):
 def test_names_say_which_runtime_and_device(onnx_model, torch_model):
     import onnxruntime
 
-    assert onnx_model.name == f"onnxruntime {onnxruntime.__version__}" and onnx_model.device == "cpu"
+    assert onnx_model.name == (
+        f"onnxruntime {onnxruntime.__version__}, model.onnx (fp32: the artifact has no model.int8.onnx)"
+    )
+    assert onnx_model.device == "cpu"
     assert torch_model.name == f"torch {torch.__version__} on cpu"
 
 
@@ -220,13 +224,92 @@ def test_a_changed_model_onnx_is_refused(small_model, tmp_path, change):
     runtimes.load(str(model), None, "torch", threads=torch.get_num_threads())  # model.pt is intact
 
 
+# --- int8 or fp32 on ONNX Runtime ----------------------------------------------------------
+
+
+def with_int8(drop_points: float | None) -> model_artifact.Metadata:
+    meta = model_artifact.Metadata("resnet18", ["a", "b"], model_artifact.Preprocessing.for_image_size(32))
+    if drop_points is not None:
+        fp32 = 0.9
+        meta.int8 = model_artifact.Int8Check("0" * 64, "test", 1000, fp32, fp32 - drop_points / 100, 0.97)
+    return meta
+
+
+@pytest.mark.parametrize(
+    "drop,setting,max_drop,expected,why",
+    [
+        (None, "auto", 0.5, "fp32", "the artifact has no model.int8.onnx"),
+        (None, "fp32", 0.5, "fp32", "the artifact has no model.int8.onnx"),
+        (0.3, "auto", 0.5, "int8", "(-0.30 points) on 1000 validation images: within SERVE_INT8_MAX_DROP=0.5"),
+        (0.5, "auto", 0.5, "int8", "within SERVE_INT8_MAX_DROP=0.5"),
+        (-0.2, "auto", 0.0, "int8", "(+0.20 points)"),
+        (0.7, "auto", 0.5, "fp32", "(-0.70 points) on 1000 validation images: more than SERVE_INT8_MAX_DROP=0.5 lost"),
+        (0.7, "auto", 1.0, "int8", "within SERVE_INT8_MAX_DROP=1"),
+        (3.0, "int8", 0.5, "int8", "SERVE_PRECISION=int8; int8 accuracy 0.8700 against fp32 0.9000"),
+        (0.1, "fp32", 0.5, "fp32", "SERVE_PRECISION=fp32"),
+    ],
+)
+def test_choose_precision(drop, setting, max_drop, expected, why):
+    chosen, reason = runtimes.choose_precision(with_int8(drop), setting, max_drop)
+    assert chosen == expected and why in reason and "\n" not in reason
+
+
+def test_int8_forced_without_an_int8_model_names_what_to_do():
+    expected = "no model.int8.onnx: train with int8=true, run `export-onnx --int8 VALIDATION_FOLDER`"
+    with pytest.raises(model_artifact.ArtifactError, match=re.escape(expected)):
+        runtimes.choose_precision(with_int8(None), "int8")
+
+
+def test_int8_forced_on_pytorch_is_refused(small_model):
+    with pytest.raises(ValueError, match="SERVE_PRECISION=int8 runs on ONNX Runtime"):
+        runtimes.load(str(small_model), None, "torch", threads=1, precision="int8")
+
+
+@pytest.fixture(scope="module")
+def int8_model(small_model, tmp_path_factory):
+    """small_model with a model.int8.onnx calibrated on noise, recorded with a zero drop."""
+    from train import quantize
+
+    path = tmp_path_factory.mktemp("int8") / "model"
+    shutil.copytree(small_model, path)
+    meta = model_artifact.load_metadata(path)
+    sha256 = quantize.quantize(path / model_artifact.ONNX_FILE, list(batch(8, seed=3)), path / model_artifact.INT8_FILE)
+    meta.int8 = model_artifact.Int8Check(sha256, "test", 8, 0.5, 0.5, 1.0)
+    artifact.write_metadata(path, meta)
+    return path
+
+
+def test_auto_serves_a_recorded_int8_model_on_onnx_runtime_and_fp32_on_pytorch(int8_model):
+    onnx, _ = runtimes.load(str(int8_model), None, "onnx", threads=1)
+    assert onnx.precision == "int8" and ", model.int8.onnx (int8: " in onnx.name
+    fp32, _ = runtimes.load(str(int8_model), None, "onnx", threads=1, precision="fp32")
+    eager, _ = runtimes.load(str(int8_model), None, "torch", threads=torch.get_num_threads())
+    inputs = batch(4, seed=4)
+    assert np.abs(fp32.predict(inputs) - eager.predict(inputs)).max() <= model_artifact.ONNX_TOLERANCE
+    quantized = onnx.predict(inputs)
+    assert quantized.shape == (4, 3) and np.allclose(quantized.sum(axis=1), 1, atol=1e-4)
+    assert not np.array_equal(quantized, fp32.predict(inputs))  # another file answered
+
+
+def test_a_changed_int8_model_is_refused(int8_model, tmp_path):
+    model = tmp_path / "model"
+    shutil.copytree(int8_model, model)
+    data = bytearray((model / model_artifact.INT8_FILE).read_bytes())
+    data[len(data) // 2] ^= 1
+    (model / model_artifact.INT8_FILE).write_bytes(bytes(data))
+    with pytest.raises(model_artifact.ArtifactError, match=r"model\.int8\.onnx does not match the checksum"):
+        runtimes.load(str(model), None, "onnx", threads=1)
+    runtimes.load(str(model), None, "onnx", threads=1, precision="fp32")  # model.onnx is intact
+
+
 # --- settings --------------------------------------------------------------------------------
 
 
 @pytest.fixture
 def env(monkeypatch):
     """A clean serving environment; returns monkeypatch to set variables with."""
-    for name in ("SERVE_RUNTIME", "SERVE_THREADS", "SERVE_TORCH_THREADS", "SAGEMAKER_MODEL_SERVER_WORKERS"):
+    for name in ("SERVE_RUNTIME", "SERVE_THREADS", "SERVE_TORCH_THREADS", "SAGEMAKER_MODEL_SERVER_WORKERS",
+                 "SERVE_PRECISION", "SERVE_INT8_MAX_DROP"):  # fmt: skip
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -267,3 +350,28 @@ def test_a_bad_thread_count_is_named(env, name, raw, words):
     with pytest.raises(ValueError) as err:
         Settings.from_env()
     assert str(err.value) == f"{name}={raw!r} {words}"
+
+
+@pytest.mark.parametrize(
+    "variables,precision,max_drop",
+    [({}, "auto", 0.5), ({"SERVE_PRECISION": " INT8 "}, "int8", 0.5), ({"SERVE_PRECISION": "fp32"}, "fp32", 0.5),
+     ({"SERVE_INT8_MAX_DROP": "1.5"}, "auto", 1.5), ({"SERVE_INT8_MAX_DROP": "0"}, "auto", 0.0)],
+)  # fmt: skip
+def test_settings_read_the_precision(env, variables, precision, max_drop):
+    for name, value in variables.items():
+        env.setenv(name, value)
+    settings = Settings.from_env()
+    assert (settings.precision, settings.int8_max_drop) == (precision, max_drop)
+
+
+@pytest.mark.parametrize(
+    "name,value,message",
+    [("SERVE_PRECISION", "fp16", "SERVE_PRECISION='fp16' must be one of auto, int8, fp32"),
+     ("SERVE_INT8_MAX_DROP", "half", "SERVE_INT8_MAX_DROP='half' is not a number"),
+     ("SERVE_INT8_MAX_DROP", "-1", "SERVE_INT8_MAX_DROP='-1' must be between 0 and 100"),
+     ("SERVE_INT8_MAX_DROP", "nan", "must be between 0 and 100")],
+)  # fmt: skip
+def test_bad_precision_settings_are_named(env, name, value, message):
+    env.setenv(name, value)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Settings.from_env()

@@ -92,6 +92,14 @@ def quantize(fp32: Path, calibration: list[np.ndarray], out: Path, recipe: Recip
         def get_next(self):
             return next(self.batches, None)
 
+    import onnx
+
+    # the head and the softmax stay float (a 512x257 product: nothing to gain): quantized, the
+    # probabilities clients get would be multiples of 1/255, and close logits equal (ties)
+    nodes = onnx.load(str(fp32)).graph.node
+    softmax = [node for node in nodes if node.op_type == "Softmax"]
+    inputs = {name for node in softmax for name in node.input}
+    head = [node.name for node in nodes if set(node.output) & inputs] + [node.name for node in softmax]
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     try:
         with quiet(QUANTIZER_LOGGERS, logging.ERROR):
@@ -99,7 +107,7 @@ def quantize(fp32: Path, calibration: list[np.ndarray], out: Path, recipe: Recip
                 str(fp32), str(tmp), Reader(), quant_format=q.QuantFormat.QDQ,
                 activation_type=q.QuantType.QUInt8, weight_type=q.QuantType.QInt8,
                 per_channel=recipe.per_channel, reduce_range=recipe.reduce_range,
-                calibrate_method=q.CalibrationMethod[recipe.calibration],
+                calibrate_method=q.CalibrationMethod[recipe.calibration], nodes_to_exclude=head,
             )  # fmt: skip
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
