@@ -51,7 +51,7 @@ def cpu_model() -> str:
     text = Path("/proc/cpuinfo").read_text()
     name = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "?")
     flags = set(text.split())
-    isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx512f", "avx512_vnni", "amx_tile"))
+    isa = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile"))
     return f"CPU: {name}, {os.cpu_count()} logical CPUs; {isa}; load average {os.getloadavg()[0]:.2f}"
 
 
@@ -109,9 +109,10 @@ def container_address(cid: str, port: int) -> tuple[str, int]:
     return "127.0.0.1", port
 
 
-def start_container(image: str, model: Path, port: int, args) -> tuple:
+def start_container(image: str, model: Path, port: int, args, env: dict | None = None) -> tuple:
     command = ["docker", "run", "-d", "--cpus", str(args.threads), "-p", f"127.0.0.1:{port}:8080"]
     command += ["-e", f"SERVE_THREADS={args.threads}", "-v", f"{model}:/opt/ml/model:ro"]
+    command += [arg for name, value in (env or {}).items() for arg in ("-e", f"{name}={value}")]
     command += ["-e", f"SAGEMAKER_MODEL_SERVER_WORKERS={args.workers}"] if args.workers else []
     command += [image, "serve"]
     cid = subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip()
@@ -119,11 +120,11 @@ def start_container(image: str, model: Path, port: int, args) -> tuple:
     return lambda: subprocess.run(["docker", "rm", "-f", cid], capture_output=True), logs, cid
 
 
-def start_host(runtime: str, model: Path, port: int, args) -> tuple:
+def start_host(runtime: str, model: Path, port: int, args, extra: dict | None = None) -> tuple:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SM_", "SAGEMAKER_", "SERVE_"))}
     env |= {"SAGEMAKER_BASE_DIR": str(model.parent), "SAGEMAKER_BIND_TO_PORT": str(port)}
-    env |= {"SERVE_RUNTIME": runtime, "SERVE_THREADS": str(args.threads)}
-    log = model.parent / f"serve-{runtime}.log"
+    env |= {"SERVE_RUNTIME": runtime, "SERVE_THREADS": str(args.threads)} | (extra or {})
+    log = model.parent / f"serve-{runtime}-{'-'.join((extra or {}).values()) or 'default'}.log"
     with open(log, "w") as out:
         process = subprocess.Popen([Path(sys.executable).parent / "serve"], env=env, cwd=model.parent,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
@@ -139,10 +140,11 @@ def start_host(runtime: str, model: Path, port: int, args) -> tuple:
     return stop, log.read_text, None
 
 
-def start(target: str, model: Path, body: bytes, args) -> tuple:
-    """Start ``target``; (seconds to the first 200 of /invocations, stop(), logs(), port, container id)."""
+def start(target: str, model: Path, body: bytes, args, env: dict | None = None) -> tuple:
+    """Start ``target`` with the extra environment ``env``; (seconds to the first 200 of
+    /invocations, stop(), logs(), port, container id)."""
     port, started = free_port(), time.perf_counter()
-    stop, logs, cid = (start_host if args.host else start_container)(target, model, port, args)
+    stop, logs, cid = (start_host if args.host else start_container)(target, model, port, args, env)
     while time.perf_counter() - started < 180:
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         try:
@@ -162,7 +164,8 @@ def cold_starts(row: dict, model: Path, body: bytes, args) -> None:
     """Start ``row``'s server ``args.starts`` times, timed one at a time; the last one keeps running."""
     row["starts"] = []
     for i in range(args.starts):
-        seconds, row["stop"], row["logs"], row["port"], row["cid"] = start(row["launch"], model, body, args)
+        started = start(row["launch"], model, body, args, row.get("env"))
+        seconds, row["stop"], row["logs"], row["port"], row["cid"] = started
         row["starts"].append(seconds)
         if i < args.starts - 1:
             row["stop"]()

@@ -83,9 +83,12 @@ class OnnxModel:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1  # one request batch at a time per worker: parallelism is within the graph
         options.execution_mode = onnxruntime.ExecutionMode.ORT_SEQUENTIAL
-        # threads spin while the graph runs (turned off, a 2-CPU forward pass takes longer) and
-        # stop when it ends: the worker and the gateway need those CPUs to answer (make bench: p50 -3 ms)
-        options.add_session_config_entry("session.force_spinning_stop", "1")
+        # threads spin while the graph runs (turned off, a 2-CPU forward pass takes longer) and,
+        # for fp32, stop when it ends: the worker and the gateway need those CPUs to answer (make
+        # bench: p50 -3 ms). int8's many short operators lose to it: 224 px, 2 threads, a request
+        # every 50 ms, 13.5 ms a forward pass with it against 6.6 ms without (bench/serve_int8.py)
+        if precision == "fp32":
+            options.add_session_config_entry("session.force_spinning_stop", "1")
         options.log_severity_level = 3  # warnings about unused initializers etc. are not the client's business
         self.session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.precision = precision

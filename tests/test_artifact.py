@@ -38,8 +38,8 @@ def test_save_writes_the_whole_artifact_and_no_exporter_line_reaches_the_log(tmp
     assert capsys.readouterr().out == ""  # the exporter's progress lines stay out too
     assert exporter_levels() == levels
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
-        [*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES, CODE_DIR]
-    )
+        [*model_artifact.ARTIFACT_FILES, model_artifact.ONNX_FILE, CODE_DIR]
+    )  # model.int8.onnx is the trainer's (train.quantize), after save
     assert sorted(p.name for p in (tmp_path / CODE_DIR).iterdir()) == sorted(CODE_FILES)
     written = json.loads((tmp_path / model_artifact.METADATA_FILE).read_text())
     assert written["versions"] == artifact.library_versions() and written["metrics"] == {"test_accuracy": 0.5}
