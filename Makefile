@@ -88,11 +88,13 @@ demo: images venv-sdk3 ## Build the images, train and deploy in SageMaker local 
 demo-host: venv ## The same training without Docker: `train` on the host, then classify with the artifact
 	$(BIN)/python scripts/demo_host.py
 
-bench: images ## Print training throughput; serving latency and throughput (batching on/off, runtimes, a burst)
+bench: images ## Print training throughput; serving latency and throughput (batching on/off, runtimes, int8, a burst)
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/input_pipeline.py
 	$(BIN)/python bench/serve_latency.py
 	$(BIN)/python bench/serve_runtimes.py
+	$(BIN)/python bench/serve_int8.py
+	$(BIN)/python bench/int8_accuracy.py
 	test -f build/demo/model/artifact.json || $(BIN)/python scripts/demo_host.py
 	$(BIN)/python bench/burst.py --image byoc-classifier-serving-cpu:latest --model build/demo/model --clients 512 --requests 4
 	$(BIN)/python bench/burst.py --image byoc-classifier-serving-cpu:latest --model build/demo/model --clients 1024 --requests 2

@@ -39,3 +39,11 @@ def test_the_gpu_input_bench_runs_on_a_cpu(photos):
     argv = ["--device", "cpu", "--images", "32", "--batch-size", "8", "--image-size", "32", "--steps", "1"]
     out = _run("bench/gpu_input.py", "--photos", str(photos), *argv, "--cpus", "1")
     assert "synthetic (ceiling)" in out and "1 vCPUs, 1 workers, cached" in out, out
+
+
+def test_the_int8_serving_bench_prints_its_ratios(photos):
+    """On the host's serve (the containers are make bench's): both precisions served, each its own file."""
+    out = _run("bench/serve_int8.py", "--host", "--photos", str(photos), "--requests", "12", "--clients", "2")
+    for line in ("p50 at 1 client, int8 / fp32:", "throughput at 2 clients, int8 / fp32:", "forward pass alone"):
+        assert line in out, out
+    assert "model.onnx (fp32: SERVE_PRECISION=fp32;" in out and "model.int8.onnx (int8: SERVE_PRECISION=int8;" in out
