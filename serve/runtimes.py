@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 
 import numpy as np
 
@@ -45,9 +46,14 @@ def choose(setting: str, gpu: bool) -> str:
     return setting
 
 
-def choose_precision(meta: model_artifact.Metadata, setting: str = "auto", max_drop: float = 0.5) -> tuple[str, str]:
-    """(``int8`` or ``fp32``, why) for ``SERVE_PRECISION=setting`` and an artifact whose metadata is ``meta``."""
+def choose_precision(
+    meta: model_artifact.Metadata, setting: str = "auto", max_drop: float = 0.5, int8_present: bool = True
+) -> tuple[str, str]:
+    """(``int8`` or ``fp32``, why) for ``SERVE_PRECISION=setting`` and an artifact whose metadata
+    is ``meta`` (``int8_present``: whether its folder holds model.int8.onnx)."""
     check = meta.int8
+    if check is not None and not int8_present and setting == "auto":  # repacked without it: fp32 is whole
+        return "fp32", f"artifact.json records a {model_artifact.INT8_FILE}, but the model folder has none"
     if check is None:
         if setting == "int8":
             raise model_artifact.ArtifactError(
@@ -137,7 +143,8 @@ def load(
     on ONNX Runtime, precision (logged with the reason)."""
     meta = model_artifact.load_metadata(model_dir)
     if choose(runtime, gpu_id is not None) == "onnx":
-        chosen, why = choose_precision(meta, precision, int8_max_drop)
+        present = os.path.lexists(os.path.join(model_dir, model_artifact.INT8_FILE))
+        chosen, why = choose_precision(meta, precision, int8_max_drop, present)
         model = OnnxModel(model_dir, meta, threads, chosen)
         model.name += f" ({chosen}: {why})"
         return model, meta

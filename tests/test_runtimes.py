@@ -291,6 +291,18 @@ def test_auto_serves_a_recorded_int8_model_on_onnx_runtime_and_fp32_on_pytorch(i
     assert not np.array_equal(quantized, fp32.predict(inputs))  # another file answered
 
 
+def test_a_recorded_int8_model_missing_from_the_folder_serves_fp32_unless_forced(int8_model, tmp_path):
+    """A model.tar.gz repacked with model.onnx alone still serves, in fp32, and says why."""
+    model = tmp_path / "model"
+    shutil.copytree(int8_model, model)
+    (model / model_artifact.INT8_FILE).unlink()
+    served, _ = runtimes.load(str(model), None, "onnx", threads=1)
+    assert served.precision == "fp32"
+    assert "artifact.json records a model.int8.onnx, but the model folder has none" in served.name
+    with pytest.raises(model_artifact.ArtifactError, match=r"model\.int8\.onnx not found"):
+        runtimes.load(str(model), None, "onnx", threads=1, precision="int8")
+
+
 def test_a_changed_int8_model_is_refused(int8_model, tmp_path):
     model = tmp_path / "model"
     shutil.copytree(int8_model, model)

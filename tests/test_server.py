@@ -35,7 +35,7 @@ def served(trained_job, tmp_path_factory, request):
     (base / "model" / "model.tar.gz").write_bytes(b"SDK v2 local mode leaves the tarball here")
     server = Server(
         base, SAGEMAKER_MAX_PAYLOAD_IN_MB="1", SERVE_MAX_IMAGES="4", SERVE_MAX_PIXELS="1000000", SERVE_TOP_K="3",
-        SERVE_RUNTIME=request.param,
+        SERVE_RUNTIME=request.param, SERVE_PRECISION="fp32",  # eager PyTorch's answers (int8: test_quantize.py)
     )  # fmt: skip
     server.runtime = request.param
     try:
@@ -94,8 +94,9 @@ def test_http_gives_the_probabilities_of_training_evaluation(served, sample_data
 
 def test_the_log_names_the_runtime_each_worker_runs(served):
     name = {"onnx": "onnxruntime", "torch": "torch"}[served.runtime]
-    assert re.search(rf"pre-flight: resnet18 with 4 classes on {name} \S+ (on cpu )?loads and predicts", served.log)
-    assert re.search(rf"model resnet18 \(4 classes\) ready on {name} ", served.log)
+    served_file = {"onnx": r", model\.onnx \(fp32: SERVE_PRECISION=fp32; .*\)", "torch": " on cpu"}[served.runtime]
+    assert re.search(rf"pre-flight: resnet18 with 4 classes on {name} \S+{served_file} loads and predicts", served.log)
+    assert re.search(rf"model resnet18 \(4 classes\) ready on {name} \S+{served_file} in ", served.log)
 
 
 def _big_png() -> bytes:
