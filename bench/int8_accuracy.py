@@ -15,7 +15,8 @@
    forward pass (2 threads) of each file.
 4. **Another CPU**: with QEMU user mode (``apt-get install qemu-user``), the same files run
    on an emulated Haswell (AVX2, no AVX-512, no VNNI: ONNX Runtime takes its other int8
-   kernels) and their answers are compared with this CPU's. Skipped without ``qemu-x86_64``.
+   kernels) and their answers on ``--isa-images`` validation images are compared with this
+   CPU's. Skipped without ``qemu-x86_64``.
 
 Prints; never asserts.
 """
@@ -199,7 +200,8 @@ def section(title: str, data: Path, base: Path, hyperparameters: dict, args) -> 
     files = recipes(model, data, base / "recipes")
     if not args.no_isa:
         print("  on another CPU:")
-        other_cpu(model, files, labelled(data / "validation", meta.class_names), base / "recipes")
+        samples = labelled(data / "validation", meta.class_names)
+        other_cpu(model, files, random.Random(0).sample(samples, min(args.isa_images, len(samples))), base / "recipes")
 
 
 def main() -> None:
@@ -207,6 +209,7 @@ def main() -> None:
     parser.add_argument("--photos", type=Path, default=ROOT / "build/photos", help="fetched once")
     parser.add_argument("--out", type=Path, default=ROOT / "build/int8-accuracy", help="datasets, jobs, files")
     parser.add_argument("--no-isa", action="store_true", help="skip the emulated AVX2-only CPU")
+    parser.add_argument("--isa-images", type=int, default=32, help="validation images run under emulation (slow)")
     args = parser.parse_args()
     print(cpu_model())
     shutil.rmtree(args.out, ignore_errors=True)
