@@ -114,9 +114,11 @@ def test_unreadable_validation_images_are_left_out_of_the_check(model, sample_da
     calibration = quantize.calibration_sample([p for p, _ in samples], seed=0, count=8)
     check = quantize.add_int8(model, meta, calibration, [*samples, (junk, 0)])
     assert check.images == len(samples) and (model / INT8).is_file()
+    before = (model / INT8).read_bytes()
     with pytest.raises(model_artifact.ArtifactError, match="no readable validation image"):
         quantize.add_int8(model, meta, calibration, [(junk, 0)])
-    assert meta.int8 is None and not (model / INT8).exists()  # no file without its record
+    assert meta.int8 == check and (model / INT8).read_bytes() == before  # a failed upgrade keeps what was there
+    assert sorted(p.name for p in model.iterdir() if "int8" in p.name) == [INT8]  # and leaves no candidate
 
 
 @pytest.mark.slow
@@ -130,7 +132,7 @@ def test_a_failed_check_leaves_no_int8_file(model, sample_data, monkeypatch):
     monkeypatch.setattr(quantize, "compare", broken)
     with pytest.raises(RuntimeError, match="the check broke"):
         quantize.add_int8(model, meta, [samples[0][0]], samples)
-    assert meta.int8 is None and not [p.name for p in model.iterdir() if "int8" in p.name]
+    assert meta.int8 is None and not [p.name for p in model.iterdir() if "int8" in p.name]  # nor a candidate
 
 
 def test_calibration_sample_is_seeded_bounded_and_ordered():

@@ -29,16 +29,20 @@ def wait_exit(server: Server, timeout: float = 60) -> int:
         server.kill_leftovers()
 
 
-@pytest.mark.parametrize("runtime,name", [("onnx", model_artifact.ONNX_FILE), ("torch", model_artifact.WEIGHTS_FILE)])
-def test_a_broken_artifact_stops_the_container_with_the_reason(artifact, tmp_path, runtime, name):
+@pytest.mark.parametrize(
+    "runtime,precision,name",
+    [("onnx", "fp32", model_artifact.ONNX_FILE), ("onnx", "int8", model_artifact.INT8_FILE),
+     ("torch", "auto", model_artifact.WEIGHTS_FILE)],
+)  # fmt: skip
+def test_a_broken_artifact_stops_the_container_with_the_reason(artifact, tmp_path, runtime, precision, name):
     """The file that the runtime reads was changed after training: its checksum stops the server."""
     shutil.copytree(artifact, tmp_path / "model")
     with open(tmp_path / "model" / name, "r+b") as f:
         f.seek(1000)
         f.write(b"corrupted")
-    server = Server(tmp_path, SERVE_RUNTIME=runtime)
+    server = Server(tmp_path, SERVE_RUNTIME=runtime, SERVE_PRECISION=precision)
     assert wait_exit(server) == 1
-    assert "cannot serve" in server.log and "checksum" in server.log
+    assert "cannot serve" in server.log and "checksum" in server.log and name in server.log
     assert "Traceback" not in server.log and not mms_processes()
     assert server.left_in_tmp == [], "the failed start left its staged model behind"
 

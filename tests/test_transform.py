@@ -197,7 +197,7 @@ def test_the_gateway_serves_execution_parameters_in_single_model_mode(tmp_path):
 def model_tar(small_model, tmp_path_factory) -> str:
     path = tmp_path_factory.mktemp("transform-model") / "model.tar.gz"
     with tarfile.open(path, "w:gz") as tar:
-        for name in (*model_artifact.ARTIFACT_FILES, *model_artifact.OPTIONAL_FILES):  # model.onnx for ONNX Runtime
+        for name in (*model_artifact.ARTIFACT_FILES, model_artifact.ONNX_FILE):  # model.onnx for ONNX Runtime
             tar.add(small_model / name, arcname=name)
     return f"file://{path}"
 

@@ -183,16 +183,16 @@ def add_int8(
     arrays = [array for array in pixels(calibration, prep, max_pixels) if array is not None]
     if not arrays:
         raise ArtifactError("no readable calibration image to quantize the model with")
-    meta.int8 = None
-    out.unlink(missing_ok=True)  # never an int8 file whose record is gone
-    sha256 = quantize(fp32, arrays, out, recipe)
-    labels = [label for _, label in validation]
-    images = zip(pixels([path for path, _ in validation], prep, max_pixels), labels, strict=True)
+    # a candidate beside it, until it is checked: a failure leaves the folder (and meta) as they were
+    candidate = out.with_name(f".{out.name}.candidate-{os.getpid()}")
     try:
-        result = compare(fp32, out, images, available_cpus())
-    except BaseException:
-        out.unlink(missing_ok=True)
-        raise
+        sha256 = quantize(fp32, arrays, candidate, recipe)
+        labels = [label for _, label in validation]
+        images = zip(pixels([path for path, _ in validation], prep, max_pixels), labels, strict=True)
+        result = compare(fp32, candidate, images, available_cpus())
+        os.replace(candidate, out)
+    finally:
+        candidate.unlink(missing_ok=True)
     meta.int8 = Int8Check(sha256=sha256, method=recipe.describe(len(arrays), source), **vars(result))
     log.info(
         "%s written in %.1f s: validation accuracy %.4f (fp32 %.4f, %+.2f points), top-1 agreement %.4f on %d images",
