@@ -3,9 +3,11 @@ hyperparameter, and a planted lossy int8 model that serving must not use."""
 
 from __future__ import annotations
 
+import logging
 import re
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -133,6 +135,27 @@ def test_a_failed_check_leaves_no_int8_file(model, sample_data, monkeypatch):
     with pytest.raises(RuntimeError, match="the check broke"):
         quantize.add_int8(model, meta, [samples[0][0]], samples)
     assert meta.int8 is None and not [p.name for p in model.iterdir() if "int8" in p.name]  # nor a candidate
+
+
+@pytest.mark.slow
+def test_a_failed_int8_step_keeps_the_trained_fp32_artifact_and_warns_in_one_line(model, monkeypatch, caplog):
+    from train import main
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the quantizer broke\nits second line")
+
+    monkeypatch.setattr(quantize, "add_int8", broken)
+    job = SimpleNamespace(
+        val=SimpleNamespace(samples=[(model / "a.jpg", 0)]), train=SimpleNamespace(samples=[(model / "b.jpg", 0)]),
+        args=SimpleNamespace(seed=42, max_image_pixels=100), paths=SimpleNamespace(model_dir=model),
+    )  # fmt: skip
+    before = (model / model_artifact.METADATA_FILE).read_bytes()
+    with caplog.at_level(logging.WARNING):
+        main.write_int8(job, model_artifact.load_metadata(model))  # returns: the job goes on and succeeds
+    said = "model.int8.onnx not written, the CPU image serves model.onnx: the quantizer broke"
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [said]
+    assert (model / model_artifact.METADATA_FILE).read_bytes() == before
+    assert model_artifact.load(model)[1].int8 is None  # the fp32 artifact loads, checksums and all
 
 
 def test_calibration_sample_is_seeded_bounded_and_ordered():
