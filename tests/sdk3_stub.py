@@ -16,6 +16,7 @@ import json
 import os
 import runpy
 import sys
+import threading
 import time
 
 from botocore.client import BaseClient
@@ -30,15 +31,18 @@ def main() -> None:
     with open(answers_path) as f:
         answers: dict[str, list] = json.load(f)
     calls: list = []
+    lock = threading.Lock()
 
     def make_api_call(self, operation: str, params: dict):
         model = self.meta.service_model.operation_model(operation)
         report = ParamValidator().validate(params, model.input_shape)
         if report.has_errors():
             raise ParamValidationError(report=report.generate_report())
-        calls.append([self.meta.service_model.service_name, operation, params])
-        with open(calls_path, "w") as f:
-            json.dump(calls, f, default=str)
+        with lock:  # the SDK may call from several threads; the file is whole whenever the process ends
+            calls.append([self.meta.service_model.service_name, operation, params])
+            with open(f"{calls_path}.tmp", "w") as f:
+                json.dump(calls, f, default=str)
+            os.replace(f"{calls_path}.tmp", calls_path)
         queue = answers.get(operation)
         if queue is None:
             raise AssertionError(f"no recorded answer for {operation}")

@@ -88,6 +88,7 @@ def _two_ranks(rank: int, init: str, unreadable: list[int], results) -> None:
         finished = loop.train_one_epoch(step, loader, bad, stop.StopRequest(), MetricLogger(Meter(), 1, 0))
         weights = torch.cat([p.detach().flatten() for p in step.net.parameters()])
         results.put((rank, finished, sorted(bad.indices), weights.tolist()))
+        torch.distributed.barrier()  # as train.main does: no rank tears gloo down while the other still talks
     finally:
         torch.distributed.destroy_process_group()
 
