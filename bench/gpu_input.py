@@ -31,7 +31,7 @@ from gpu_serving import Utilisation  # bench/, this script's folder
 from input_pipeline import image_folder
 
 import model_artifact
-from train import cache, config, crops, data, loop, precision
+from train import cache, config, crops, data, loader, loop, precision
 
 CLASSES = 257
 
@@ -67,14 +67,14 @@ def synthetic(step: loop.Step, batch_size: int, image_size: int, steps: int) -> 
     return {"img_per_s": steps * batch_size / seconds, "gpu_util": gpu.mean}
 
 
-def through_loader(step: loop.Step, loader, epochs: int) -> dict:
-    """img/s of the last of ``epochs`` epochs through ``loader`` (the earlier ones warm up or fill the cache)."""
+def through_loader(step: loop.Step, batches, epochs: int) -> dict:
+    """img/s of the last of ``epochs`` epochs through ``batches`` (the earlier ones warm up or fill the cache)."""
     for epoch in range(epochs):
-        loader.sampler.set_epoch(epoch)
+        batches.sampler.set_epoch(epoch)
         measured = epoch == epochs - 1
         with Utilisation() as gpu:
             start, seen = time.perf_counter(), 0
-            for images, labels, _ in loader:
+            for images, labels, _ in batches:
                 if images is not None:
                     loop.train_step(step, images, labels)
                     seen += len(images)
@@ -101,9 +101,9 @@ def child(args: argparse.Namespace) -> None:
             pixels.folder.mkdir()
         workers = config.cpus_per_process(1)
         dataset = data.ImageDataset(samples, crops.TrainCrop(step.prep, cache=pixels))
-        sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
-        loader = data.make_loader(dataset, sampler, args.batch_size, workers, True, device.type == "cuda")
-        result = through_loader(step, loader, epochs=2)
+        sampler = loader.EpochSampler(len(samples), 0, 1, seed=0)
+        batches = loader.make_loader(dataset, sampler, args.batch_size, workers, True, args.image_size)
+        result = through_loader(step, batches, epochs=2)
     print(json.dumps(result | {"cpus": cpus, "workers": workers, "cache": args.cache}), flush=True)
 
 

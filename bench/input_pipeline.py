@@ -42,7 +42,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import model_artifact
-from train import cache, crops, data
+from train import cache, crops, data, loader
 
 PACKAGE = "opencv-doc"
 EXAMPLES = "usr/share/doc/opencv-doc/examples"
@@ -92,13 +92,13 @@ def stock_loader(root: Path) -> DataLoader:
     )
 
 
-def our_loader(samples: list[data.Sample], pixels: cache.PixelCache | None = None) -> DataLoader:
+def our_loader(samples: list[data.Sample], pixels: cache.PixelCache | None = None) -> loader.BatchLoader:
     """The trainer's training loader (``train.main.build_data``), with one worker."""
     dataset = data.ImageDataset(
         samples, crops.TrainCrop(model_artifact.Preprocessing.for_image_size(IMAGE_SIZE), cache=pixels)
     )
-    sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
-    return data.make_loader(dataset, sampler, BATCH_SIZE, 1, train=True, pin=False)
+    sampler = loader.EpochSampler(len(samples), 0, 1, seed=0)
+    return loader.make_loader(dataset, sampler, BATCH_SIZE, 1, train=True, image_size=IMAGE_SIZE)
 
 
 def cpu_seconds(workers: list[int]) -> float:
@@ -111,19 +111,25 @@ def cpu_seconds(workers: list[int]) -> float:
     return own.ru_utime + own.ru_stime + ticks / os.sysconf("SC_CLK_TCK")
 
 
-def cpu_ms_per_image(loader: DataLoader) -> float:
-    """One epoch through ``loader``, measured in steady state: from its first batch (the
+def children() -> set[int]:
+    """This process's child processes (loader workers are forked from the main thread)."""
+    return {int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()}
+
+
+def cpu_ms_per_image(batches: DataLoader | loader.BatchLoader) -> float:
+    """One epoch through ``batches``, measured in steady state: from its first batch (the
     worker started, its prefetch queue full) to its next-to-last (the worker still alive)."""
-    iterator = iter(loader)
+    before = children()
+    iterator = iter(batches)
     next(iterator)
-    workers = [worker.pid for worker in iterator._workers]
+    workers = sorted(children() - before)
     start, seen = cpu_seconds(workers), 0
-    for _ in range(len(loader) - 2):
+    for _ in range(len(batches) - 2):
         seen += len(next(iterator)[0])
     spent = cpu_seconds(workers) - start
     for _ in iterator:
         pass
-    iterator._shutdown_workers()
+    del iterator, batches  # the workers exit
     return spent / seen * 1000
 
 

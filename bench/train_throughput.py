@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 import model_artifact
-from train import crops, data, loop, precision, sample_data
+from train import crops, data, loader, loop, precision, sample_data
 
 
 def step_throughput(model: nn.Module, batch: torch.Tensor, labels: torch.Tensor, dtype, steps: int) -> float:
@@ -42,11 +42,11 @@ def loader_throughput(workers: int, image_size: int, batch_size: int) -> float:
         samples = data.scan(Path(tmp) / "training", folders, "training")
         prep = model_artifact.Preprocessing.for_image_size(image_size)
         dataset = data.ImageDataset(samples, crops.TrainCrop(prep))
-        sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
-        loader = data.make_loader(dataset, sampler, batch_size, workers, True, False)
-        next(iter(loader))  # start the workers
+        sampler = loader.EpochSampler(len(samples), 0, 1, seed=0)
+        batches = loader.make_loader(dataset, sampler, batch_size, workers, True, image_size)
+        next(iter(batches))  # start the workers
         start, seen = time.perf_counter(), 0
-        for images, _, _ in loader:
+        for images, _, _ in batches:
             seen += len(images)
         return seen / (time.perf_counter() - start)
 

@@ -1,4 +1,4 @@
-"""Channel layouts, image decoding, unreadable files, splits and the resumable sampler."""
+"""Channel layouts, image decoding, unreadable files and splits."""
 
 from __future__ import annotations
 
@@ -7,11 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-import torch
 from PIL import Image
 
 import model_artifact
-from train import crops, data
+from train import crops, data, loader
 from train.failure import TrainingError
 
 
@@ -150,7 +149,7 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     samples = data.scan(root, ["a", "b"], "training")
     prep = model_artifact.Preprocessing.for_image_size(16)
     dataset = data.ImageDataset(samples, crops.EvalCrop(prep))
-    images, labels, bad = data.collate([dataset[i] for i in range(len(dataset))])
+    images, labels, bad = loader.collate([dataset[i] for i in range(len(dataset))])
     assert images.shape == (10, 3, 16, 16) and len(labels) == 10
     assert sorted(samples[i][0].name for i in bad) == ["a_0000.jpg", "b_0000.jpg"]
     tolerant = data.BadFiles(samples, 0.2, "training")
@@ -158,52 +157,6 @@ def test_unreadable_files_are_skipped_and_counted(tmp_path):
     assert len(tolerant.indices) == 2
     with pytest.raises(TrainingError, match="2 of 12 training images are unreadable"):
         data.BadFiles(samples, 0.1, "training").add(bad)
-
-
-def test_all_unreadable_batch_collates_to_none():
-    assert data.collate([(None, 0, 3), (None, 1, 4)]) == (None, None, [3, 4])
-
-
-def test_sampler_shards_evenly_and_resumes_where_it_stopped():
-    ranks = [data.EpochSampler(10, r, 3, seed=1) for r in range(3)]
-    for s in ranks:
-        s.set_epoch(2)
-    shards = [list(s) for s in ranks]
-    assert [len(s) for s in shards] == [4, 4, 4]  # padded so every rank runs the same steps
-    assert {i for shard in shards for i in shard} == set(range(10))
-    full = list(ranks[0])
-    ranks[0].set_epoch(2, skip=2)
-    assert list(ranks[0]) == full[2:] and len(ranks[0]) == 2
-    ranks[0].set_epoch(3)
-    assert list(ranks[0]) != full
-
-
-def test_evaluation_shards_cover_each_sample_once():
-    shards = [list(data.EpochSampler(10, r, 3, seed=0, shuffle=False)) for r in range(3)]
-    assert sorted(i for shard in shards for i in shard) == list(range(10))
-
-
-def test_loader_yields_batches_from_a_worker(tmp_path):
-    root = image_folder(tmp_path / "training", {"a": 5, "b": 5})
-    prep = model_artifact.Preprocessing.for_image_size(16)
-    samples = data.scan(root, ["a", "b"], "training")
-    sampler = data.EpochSampler(len(samples), 0, 1, seed=0)
-    loader = data.make_loader(data.ImageDataset(samples, crops.TrainCrop(prep)), sampler, 4, 1, True, False)
-    batches = list(loader)
-    assert [len(b[1]) for b in batches] == [4, 4]  # the size-2 remainder is dropped for BatchNorm
-    assert batches[0][0].dtype == torch.uint8  # normalized on the device
-    assert batches[0][0].is_contiguous(memory_format=torch.channels_last)  # as the model takes it: no conversion
-    direct = [loader.dataset[i] for i in range(4)]
-    assert data.collate(direct)[0].shape == (4, 3, 16, 16)
-
-
-def test_a_batch_keeps_each_image_whatever_its_memory_layout():
-    torch.manual_seed(0)
-    chw = torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8)  # as eval_pixels makes them
-    hwc = torch.randint(0, 256, (8, 8, 3), dtype=torch.uint8).permute(2, 0, 1)  # as the crops make them
-    images, labels, bad = data.collate([(chw, 0, 0), (None, 1, 1), (hwc, 2, 2)])
-    assert torch.equal(images[0], chw) and torch.equal(images[1], hwc)
-    assert labels.tolist() == [0, 2] and bad == [1]
 
 
 def _dataset(samples, **kw) -> data.ImageDataset:
@@ -330,6 +283,7 @@ def test_a_loader_worker_survives_any_exception(tmp_path, monkeypatch):
 
     monkeypatch.setattr(model_artifact, "decode_image", hostile)  # forked workers inherit it
     samples = data.scan(root, ["a", "b"], "training")
-    loader = data.make_loader(_dataset(samples), data.EpochSampler(8, 0, 1, seed=0, shuffle=False), 4, 1, False, False)
-    batches = list(loader)
+    sampler = loader.EpochSampler(8, 0, 1, seed=0, shuffle=False)
+    batches = loader.make_loader(_dataset(samples), sampler, 4, 1, False, 16)
+    batches = [(images.clone(), labels, bad) for images, labels, bad in batches]
     assert [len(b[1]) for b in batches] == [4, 3] and [b[2] for b in batches] == [[], [6]]

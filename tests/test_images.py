@@ -107,6 +107,16 @@ def test_training_image_trains(images, sample_data, tmp_path, command):
     assert (base / "output" / "success").exists() and (base / "output" / "data" / "metrics.json").exists()
 
 
+def test_training_needs_no_room_in_dev_shm(images, sample_data, tmp_path):
+    # SageMaker local mode gives the container Docker's default 64 MB /dev/shm, less than one
+    # batch of 512 at 224 px; 8 MB here, less than two of the sample data's batches of 32.
+    base = opt_ml(tmp_path, sample_data, epochs="1", **{"image-size": "224", "batch-size": "32", "int8": "false"})
+    result = docker("run", "--rm", "--shm-size", "8m", "-v", f"{base}:/opt/ml", TRAINING, "train", check=False)
+    failure = base / "output" / "failure"
+    assert result.returncode == 0, failure.read_text() if failure.exists() else result.stderr[-2000:]
+    assert int(re.search(r"(\d+) loader workers", result.stdout + result.stderr)[1]) >= 1  # batches crossed processes
+
+
 def test_sigterm_to_a_training_container_leaves_a_checkpoint(images, sample_data, tmp_path):
     base = opt_ml(tmp_path, sample_data, epochs="20", **{"log-interval": "1"})
     name = f"byoc-test-{tmp_path.name[-20:]}".replace("_", "-").lower()

@@ -1,4 +1,4 @@
-"""Channel folders → datasets → loaders.
+"""Channel folders → datasets (``train.loader`` batches them).
 
 Accepted layouts (channel ``training`` required, ``validation``/``test`` optional):
 
@@ -18,7 +18,6 @@ leaves its channel is ignored, with one warning per split.
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 from collections.abc import Callable
@@ -26,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
 from common.images import IMAGE_EXTENSIONS
 from train import distributed
@@ -225,67 +224,6 @@ class ImageDataset(Dataset):
         except Exception as exc:  # Pillow raises many kinds on hostile files: count them, never crash the worker
             log.warning("skipping unreadable image %s: %s", _printable(path), _describe(exc))
             return None, label, index
-
-
-def collate(batch):
-    """Stack the readable images into a uint8 batch in channels-last memory (as the model takes
-    it; ``model_artifact.normalize`` runs on the device); report the indices of unreadable ones."""
-    good = [item for item in batch if item[0] is not None]
-    bad = [item[2] for item in batch if item[0] is None]
-    if not good:
-        return None, None, bad
-    # (H, W, 3) views: the crops are channels-last already, so stacking them is a plain copy
-    pixels = [item[0].permute(1, 2, 0) for item in good]
-    out = None
-    if torch.utils.data.get_worker_info() is not None:  # as default_collate: into shared memory, no copy to send
-        storage = pixels[0]._typed_storage()._new_shared(len(pixels) * pixels[0].numel(), device=pixels[0].device)
-        out = pixels[0].new(storage).resize_(len(pixels), *pixels[0].shape)
-    images = torch.stack(pixels, out=out).permute(0, 3, 1, 2)
-    labels = torch.tensor([item[1] for item in good])
-    return images, labels, bad
-
-
-class EpochSampler(Sampler[int]):
-    """A per-epoch permutation from (seed, epoch), sharded evenly across ranks, resumable."""
-
-    def __init__(self, size: int, rank: int, world: int, seed: int, shuffle: bool = True):
-        self.size, self.rank, self.world, self.seed, self.shuffle = size, rank, world, seed, shuffle
-        self.per_rank = math.ceil(size / world) if shuffle else len(range(rank, size, world))
-        self.epoch, self.skip = 0, 0
-
-    def set_epoch(self, epoch: int, skip: int = 0) -> None:
-        """Iterate epoch ``epoch``, leaving out its first ``skip`` samples (already trained)."""
-        self.epoch, self.skip = epoch, skip
-
-    def __iter__(self):
-        if not self.shuffle:  # evaluation: plain shards, no padding, so metrics stay exact
-            return iter(range(self.rank, self.size, self.world))
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch))
-        order = order.repeat(math.ceil(self.per_rank * self.world / self.size))[: self.per_rank * self.world]
-        return iter(order[self.rank :: self.world][self.skip :].tolist())
-
-    def __len__(self) -> int:
-        return self.per_rank - self.skip
-
-
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)  # workers decode in parallel already; threads would oversubscribe
-
-
-def make_loader(dataset: ImageDataset, sampler: EpochSampler, batch_size: int, workers: int, train: bool, pin: bool):
-    """A DataLoader that keeps its workers alive across epochs."""
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        sampler=sampler,
-        num_workers=workers,
-        collate_fn=collate,
-        pin_memory=pin,
-        drop_last=train and len(sampler) > batch_size,  # no size-1 batch for BatchNorm
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None,
-    )
 
 
 class BadFiles:

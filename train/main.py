@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 import model_artifact
 from train import (
@@ -33,6 +32,7 @@ from train import (
 )
 from train import model as model_lib
 from train.failure import Stopped, TrainingError, reported
+from train.loader import BatchLoader, EpochSampler, make_loader
 from train.progress import Meter, MetricLogger, clock
 from train.stop import StopRequest
 
@@ -47,8 +47,8 @@ class Split:
     name: str  # train, val or test
     channel: str  # training, validation or test
     samples: list[data.Sample]
-    loader: DataLoader
-    sampler: data.EpochSampler
+    loader: BatchLoader
+    sampler: EpochSampler
     bad: data.BadFiles
     cache: cache.PixelCache | None = None  # its input cache, when on
 
@@ -81,7 +81,6 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep) -> tup
     """The resolved splits, and a Split (loader, sampler, bad-file tracker) each for train, val and test."""
     splits = data.resolve_splits(paths.channels, args)
     workers = config.cpus_per_process(ctx.local_world_size) if args.num_workers is None else args.num_workers
-    pin = ctx.device.type == "cuda"
     built, (training_cache, evaluation_cache) = {}, input_caches(args, paths, ctx)
     for name, channel in (("train", "training"), ("val", "validation"), ("test", "test")):
         samples, training = getattr(splits, name), name == "train"
@@ -90,10 +89,10 @@ def build_data(args, paths: config.Paths, ctx: distributed.Context, prep) -> tup
         else:
             load = crops.EvalCrop(prep, args.max_image_pixels, evaluation_cache if name == "val" else None)
         dataset = data.ImageDataset(samples, load)
-        sampler = data.EpochSampler(len(samples), ctx.rank, ctx.world_size, args.seed, shuffle=training)
-        loader = data.make_loader(dataset, sampler, args.batch_size, workers, training, pin)
+        sampler = EpochSampler(len(samples), ctx.rank, ctx.world_size, args.seed, shuffle=training)
+        batches = make_loader(dataset, sampler, args.batch_size, workers, training, prep.image_size)
         bad = data.BadFiles(samples, args.max_bad_fraction, channel)
-        built[name] = Split(name, channel, samples, loader, sampler, bad, load.cache)
+        built[name] = Split(name, channel, samples, batches, sampler, bad, load.cache)
     if len(splits.train) < ctx.world_size:
         raise TrainingError(f"{len(splits.train)} training images cannot feed {ctx.world_size} processes")
     log.info(
