@@ -12,8 +12,9 @@ between pipelines; each figure is the median.
 
 - stock: the course's ``ImageFolder`` + ``RandomResizedCrop(224)``, ``RandomHorizontalFlip``,
   ``ToTensor``, ``Normalize`` (float32 batches);
-- ours: ``train.data`` as the trainer builds it (``TrainCrop``: crop-aware reduced-scale JPEG
-  decoding, crop and resize in one pass; uint8 batches, normalized on the device);
+- ours: ``train.data`` and ``train.loader`` as the trainer builds them (``TrainCrop``:
+  crop-aware reduced-scale JPEG decoding, crop and resize in one pass; uint8 batches in the
+  worker's reused shared slots, normalized on the device);
 - cached: ours with the input cache, in the epochs after the one that fills it.
 
 Prints one line per pipeline, the cost of filling the cache, the average of a 10-epoch job
