@@ -1,7 +1,8 @@
 """Does the input pipeline keep a GPU busy? ResNet18 training img/s on one GPU: synthetic
 batches already on the GPU (the ceiling), then the trainer's real loader on real photos with the
 process held to 4 and 8 vCPUs (ml.g4dn.xlarge, ml.g5.2xlarge), without and with the input cache;
-GPU utilisation sampled with nvidia-smi during each measurement (``gpu_serving.Utilisation``).
+GPU utilisation sampled with nvidia-smi during each measurement (``gpu_serving.Utilisation``),
+and the CPU time per image of the trainer's process and its loader workers.
 
     python bench/gpu_input.py [--photos build/photos] [--images 4096] [--batch-size 128] [--cpus 4 8]
 
@@ -28,7 +29,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_serving import Utilisation  # bench/, this script's folder
-from input_pipeline import image_folder
+from input_pipeline import children, cpu_seconds, image_folder
 
 import model_artifact
 from train import cache, config, crops, data, loader, loop, precision
@@ -72,16 +73,17 @@ def through_loader(step: loop.Step, batches, epochs: int) -> dict:
     for epoch in range(epochs):
         batches.sampler.set_epoch(epoch)
         measured = epoch == epochs - 1
+        workers = sorted(children())  # started by the first epoch (persistent); nvidia-smi is not one
         with Utilisation() as gpu:
-            start, seen = time.perf_counter(), 0
+            start, cpu, seen = time.perf_counter(), cpu_seconds(workers), 0
             for images, labels, _ in batches:
                 if images is not None:
                     loop.train_step(step, images, labels)
                     seen += len(images)
             synchronize(step.device)
-            seconds = time.perf_counter() - start
+            seconds, cpu = time.perf_counter() - start, cpu_seconds(workers) - cpu
         if measured:
-            return {"img_per_s": seen / seconds, "gpu_util": gpu.mean}
+            return {"img_per_s": seen / seconds, "gpu_util": gpu.mean, "cpu_ms_per_image": cpu / seen * 1000}
     raise ValueError("epochs must be 1 or more")
 
 
@@ -119,7 +121,8 @@ def run_child(args: argparse.Namespace, cpus: int, use_cache: bool) -> dict:
 
 def describe(result: dict) -> str:
     util = "n/a" if math.isnan(result["gpu_util"]) else f"{result['gpu_util']:.0f}%"
-    return f"{result['img_per_s']:7.0f} img/s, GPU busy {util}"
+    cpu = f", {result['cpu_ms_per_image']:.2f} CPU ms/image (all processes)" if "cpu_ms_per_image" in result else ""
+    return f"{result['img_per_s']:7.0f} img/s, GPU busy {util}{cpu}"
 
 
 def main() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,8 @@ def test_the_gpu_input_bench_runs_on_a_cpu(photos):
     argv = ["--device", "cpu", "--images", "32", "--batch-size", "8", "--image-size", "32", "--steps", "1"]
     out = _run("bench/gpu_input.py", "--photos", str(photos), *argv, "--cpus", "1")
     assert "synthetic (ceiling)" in out and "1 vCPUs, 1 workers, cached" in out, out
+    cpu = [float(m) for m in re.findall(r"([0-9.]+) CPU ms/image \(all processes\)", out)]
+    assert len(cpu) == 2 and all(ms > 0 for ms in cpu), out  # uncached and cached
 
 
 def test_the_int8_serving_bench_prints_its_ratios(photos):

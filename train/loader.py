@@ -11,6 +11,7 @@ allocate shared memory" at 224 px from batch 128.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import mmap
@@ -63,7 +64,8 @@ class BatchBuffers:
 
     def release(self) -> None:
         """Give the pages back (the slots read as zeros until written again)."""
-        self.memory.madvise(mmap.MADV_REMOVE)
+        with contextlib.suppress(OSError, ValueError):  # a kernel without it, or the mapping closed at exit
+            self.memory.madvise(mmap.MADV_REMOVE)
 
 
 class Collate:
