@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from torch._utils import ExceptionWrapper
 
 from train.failure import Stopped, TrainingError, reported
 
@@ -17,6 +18,19 @@ def test_an_internal_error_is_one_line_with_its_first_line(tmp_path):
     code, reason = _reason(tmp_path, RuntimeError("CUDA error: an illegal memory access\nsecond\nthird"))
     assert code == 1
     assert reason == "internal error: RuntimeError: CUDA error: an illegal memory access (see the log)\n"
+
+
+def test_a_loader_workers_error_is_reported_not_pytorchs_wrapper(tmp_path):
+    try:
+        raise RuntimeError("unable to allocate shared memory(shm) for file </torch_1>: No space left on device (28)")
+    except RuntimeError:
+        wrapped = ExceptionWrapper(where="in DataLoader worker process 1")  # as a worker sends it back
+    with pytest.raises(RuntimeError) as raised:
+        wrapped.reraise()  # as the DataLoader raises it in the training process
+    assert _reason(tmp_path, raised.value)[1] == (
+        "internal error: RuntimeError in DataLoader worker process 1: unable to allocate shared memory(shm) "
+        "for file </torch_1>: No space left on device (28) (see the log)\n"
+    )
 
 
 def test_an_empty_message_still_names_the_error(tmp_path):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 import traceback
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 FAILURE_FILE = "failure"
 MAX_REASON = 1024
+LOADER_WORKER_ERROR = re.compile(r"Caught (\w+) (in DataLoader worker process \d+)\.$")  # torch's ExceptionWrapper
 
 
 class TrainingError(Exception):
@@ -33,8 +35,14 @@ def first_line(text: str) -> str:
 
 
 def internal_reason(exc: BaseException) -> str:
-    """The one-line reason for a bug or an environment problem: type and first line of the message."""
+    """The one-line reason for a bug or an environment problem: type and first line of the message
+    (for an error raised in a loader worker, the worker's own error, not PyTorch's wrapper)."""
     message = first_line(str(exc))
+    worker = LOADER_WORKER_ERROR.match(message)
+    if worker:  # "Caught X in DataLoader worker process 0." then the worker's traceback, its error last
+        kind, where = worker.groups()
+        original = str(exc).strip().splitlines()[-1].strip().removeprefix(f"{kind}: ")
+        return f"internal error: {kind} {where}: {original} (see the log)"
     return f"internal error: {type(exc).__name__}{': ' + message if message else ''} (see the log)"
 
 
