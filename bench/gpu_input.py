@@ -1,8 +1,9 @@
 """Does the input pipeline keep a GPU busy? ResNet18 training img/s on one GPU: synthetic
-batches already on the GPU (the ceiling), then the trainer's real loader on real photos with the
-process held to 4 and 8 vCPUs (ml.g4dn.xlarge, ml.g5.2xlarge), without and with the input cache;
-GPU utilisation sampled with nvidia-smi during each measurement (``gpu_serving.Utilisation``),
-and the CPU time per image of the trainer's process and its loader workers.
+batches already on the GPU (the ceiling), then real photos through the course's stock loader and
+through the trainer's (without and with the input cache), with the process held to 4 and 8 vCPUs
+(ml.g4dn.xlarge, ml.g5.2xlarge) and as many loader workers as the trainer starts there; GPU
+utilisation sampled with nvidia-smi during each measurement (``gpu_serving.Utilisation``), and
+the CPU time per image of the training process and its loader workers.
 
     python bench/gpu_input.py [--photos build/photos] [--images 4096] [--batch-size 128] [--cpus 4 8]
 
@@ -29,12 +30,13 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_serving import Utilisation  # bench/, this script's folder
-from input_pipeline import children, cpu_seconds, image_folder
+from input_pipeline import children, cpu_seconds, image_folder, stock_loader
 
 import model_artifact
 from train import cache, config, crops, data, loader, loop, precision
 
 CLASSES = 257
+PIPELINES = ("stock", "ours", "cached")  # the course's loader; ours without and with the input cache
 
 
 def build_step(device: torch.device, image_size: int) -> loop.Step:
@@ -68,23 +70,34 @@ def synthetic(step: loop.Step, batch_size: int, image_size: int, steps: int) -> 
     return {"img_per_s": steps * batch_size / seconds, "gpu_util": gpu.mean}
 
 
-def through_loader(step: loop.Step, batches, epochs: int) -> dict:
-    """img/s of the last of ``epochs`` epochs through ``batches`` (the earlier ones warm up or fill the cache)."""
+def stock_step(step: loop.Step, images: torch.Tensor, labels: torch.Tensor) -> None:
+    """A training step on the course's float32 batch, normalized on the CPU already."""
+    fmt = torch.channels_last if step.channels_last else torch.contiguous_format
+    loop.optimize(step, images.to(step.device, memory_format=fmt), labels.to(step.device))
+
+
+def through_loader(step: loop.Step, batches, epochs: int, train=loop.train_step) -> dict:
+    """img/s and CPU ms per image (this process and its loader workers) in the last of ``epochs``
+    epochs through ``batches`` (the earlier ones warm up or fill the cache), from its first batch
+    to its next-to-last: the workers are running all that time."""
     for epoch in range(epochs):
-        batches.sampler.set_epoch(epoch)
-        measured = epoch == epochs - 1
-        workers = sorted(children())  # started by the first epoch (persistent); nvidia-smi is not one
+        if hasattr(batches.sampler, "set_epoch"):
+            batches.sampler.set_epoch(epoch)
+        iterator = iter(batches)
+        train(step, *next(iterator)[:2])
+        workers = sorted(children())  # the loader's workers (before nvidia-smi starts)
         with Utilisation() as gpu:
             start, cpu, seen = time.perf_counter(), cpu_seconds(workers), 0
-            for images, labels, _ in batches:
+            for _ in range(len(batches) - 2):
+                images, labels = next(iterator)[:2]
                 if images is not None:
-                    loop.train_step(step, images, labels)
+                    train(step, images, labels)
                     seen += len(images)
             synchronize(step.device)
             seconds, cpu = time.perf_counter() - start, cpu_seconds(workers) - cpu
-        if measured:
-            return {"img_per_s": seen / seconds, "gpu_util": gpu.mean, "cpu_ms_per_image": cpu / seen * 1000}
-    raise ValueError("epochs must be 1 or more")
+        for _ in iterator:
+            pass
+    return {"img_per_s": seen / seconds, "gpu_util": gpu.mean, "cpu_ms_per_image": cpu / seen * 1000}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -95,27 +108,31 @@ def child(args: argparse.Namespace) -> None:
     torch.set_num_threads(1)  # the main process feeds the GPU; workers decode
     step = build_step(device, args.image_size)
     photos = sorted(args.photos.glob("*.jpg"))
+    workers = config.cpus_per_process(1)
     with tempfile.TemporaryDirectory() as tmp:
         samples = image_folder(photos, args.images, Path(tmp) / "images")
-        pixels = None
-        if args.cache:
-            pixels = cache.PixelCache(Path(tmp) / "cache", 2 * args.image_size)
-            pixels.folder.mkdir()
-        workers = config.cpus_per_process(1)
-        dataset = data.ImageDataset(samples, crops.TrainCrop(step.prep, cache=pixels))
-        sampler = loader.EpochSampler(len(samples), 0, 1, seed=0)
-        batches = loader.make_loader(dataset, sampler, args.batch_size, workers, True, args.image_size)
-        result = through_loader(step, batches, epochs=2)
-    print(json.dumps(result | {"cpus": cpus, "workers": workers, "cache": args.cache}), flush=True)
+        if args.pipeline == "stock":
+            stock = stock_loader(Path(tmp) / "images", args.batch_size, workers, args.image_size)
+            result = through_loader(step, stock, epochs=2, train=stock_step)
+        else:
+            pixels = None
+            if args.pipeline == "cached":
+                pixels = cache.PixelCache(Path(tmp) / "cache", 2 * args.image_size)
+                pixels.folder.mkdir()
+            dataset = data.ImageDataset(samples, crops.TrainCrop(step.prep, cache=pixels))
+            sampler = loader.EpochSampler(len(samples), 0, 1, seed=0)
+            batches = loader.make_loader(dataset, sampler, args.batch_size, workers, True, args.image_size)
+            result = through_loader(step, batches, epochs=2)
+    print(json.dumps(result | {"cpus": cpus, "workers": workers}), flush=True)
 
 
-def run_child(args: argparse.Namespace, cpus: int, use_cache: bool) -> dict:
+def run_child(args: argparse.Namespace, cpus: int, pipeline: str) -> dict:
     command = [sys.executable, __file__, "--child", "--cpus", str(cpus), "--device", args.device]
     command += ["--photos", str(args.photos), "--images", str(args.images), "--batch-size", str(args.batch_size)]
-    command += ["--image-size", str(args.image_size)] + (["--cache"] if use_cache else [])
+    command += ["--image-size", str(args.image_size), "--pipeline", pipeline]
     done = subprocess.run(command, capture_output=True, text=True, timeout=args.timeout)
     if done.returncode:
-        raise SystemExit(f"measurement failed ({cpus} CPUs, cache {use_cache}):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"measurement failed ({cpus} CPUs, {pipeline}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -136,7 +153,7 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--timeout", type=int, default=240, help="seconds per measurement")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--cache", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--pipeline", choices=PIPELINES, default="ours", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -147,13 +164,13 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"device: {name}; {os.cpu_count()} CPUs; batch {args.batch_size}, {args.image_size} px, {args.images} photos")
     ceiling = synthetic(build_step(device, args.image_size), args.batch_size, args.image_size, args.steps)
-    print(f"synthetic (ceiling)          {describe(ceiling)}")
+    print(f"{'synthetic (ceiling)':30s} {describe(ceiling)}")
     for cpus in args.cpus:
-        for use_cache in (False, True):
-            result = run_child(args, cpus, use_cache)
-            label = f"{cpus} vCPUs, {result['workers']} workers{', cached' if use_cache else ''}"
+        for pipeline in PIPELINES:
+            result = run_child(args, cpus, pipeline)
+            label = f"{cpus} vCPUs, {result['workers']} workers, {pipeline}"
             share = result["img_per_s"] / ceiling["img_per_s"]
-            print(f"{label:28s} {describe(result)}, {share:.0%} of the ceiling")
+            print(f"{label:30s} {describe(result)}, {share:.0%} of the ceiling")
 
 
 if __name__ == "__main__":

@@ -78,18 +78,18 @@ def image_folder(photos: list[Path], count: int, root: Path) -> list[data.Sample
     return samples
 
 
-def stock_loader(root: Path) -> DataLoader:
-    """The course's training loader, with one worker."""
+def stock_loader(root: Path, batch_size: int = BATCH_SIZE, workers: int = 1, size: int = IMAGE_SIZE) -> DataLoader:
+    """The course's training loader (float32 batches, normalized in the worker)."""
     stock = transforms.Compose(
         [
-            transforms.RandomResizedCrop(IMAGE_SIZE),
+            transforms.RandomResizedCrop(size),
             transforms.RandomHorizontalFlip(),
             transforms.ToTensor(),
             transforms.Normalize(model_artifact.IMAGENET_MEAN, model_artifact.IMAGENET_STD),
         ]
     )
     return DataLoader(
-        datasets.ImageFolder(str(root), transform=stock), batch_size=BATCH_SIZE, shuffle=True, num_workers=1
+        datasets.ImageFolder(str(root), transform=stock), batch_size=batch_size, shuffle=True, num_workers=workers
     )
 
 

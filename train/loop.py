@@ -42,11 +42,15 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, step: Step) -> tuple[t
 
 
 def train_step(step: Step, images: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> tuple[float, int]:
-    """One optimizer step on a batch (its loss scaled by ``weight``); the batch's mean loss and
-    number of correct predictions."""
-    images, labels = to_device(images, labels, step)
+    """One optimizer step on a uint8 batch (its loss scaled by ``weight``); the batch's mean loss
+    and number of correct predictions."""
+    return optimize(step, *to_device(images, labels, step), weight)
+
+
+def optimize(step: Step, inputs: torch.Tensor, labels: torch.Tensor, weight: float = 1.0) -> tuple[float, int]:
+    """``train_step`` on model inputs already on the device and normalized."""
     with autocast(step.device, step.amp_dtype):
-        outputs = step.model(images)
+        outputs = step.model(inputs)
         loss = step.criterion(outputs, labels)
     step.optimizer.zero_grad(set_to_none=True)
     step.scaler.scale(loss * weight if weight != 1.0 else loss).backward()
