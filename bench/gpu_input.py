@@ -15,6 +15,7 @@ smoke test that keeps this script working where no GPU is (tests/test_bench_scri
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -30,7 +31,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from gpu_serving import Utilisation  # bench/, this script's folder
-from input_pipeline import children, cpu_seconds, image_folder, stock_loader
+from input_pipeline import image_folder, steady_pass, stock_loader
 
 import model_artifact
 from train import cache, config, crops, data, loader, loop, precision
@@ -77,26 +78,14 @@ def stock_step(step: loop.Step, images: torch.Tensor, labels: torch.Tensor) -> N
 
 
 def through_loader(step: loop.Step, batches, epochs: int, train=loop.train_step) -> dict:
-    """img/s and CPU ms per image (this process and its loader workers) in the last of ``epochs``
-    epochs through ``batches`` (the earlier ones warm up or fill the cache), from its first batch
-    to its next-to-last: the workers are running all that time."""
+    """img/s, GPU busy and CPU ms per image (this process and its loader workers) in the last of
+    ``epochs`` epochs through ``batches`` (the earlier ones warm up or fill the cache), in steady
+    state (``input_pipeline.steady_pass``; each step ends in ``loss.item()``: the GPU is done)."""
     for epoch in range(epochs):
         if hasattr(batches.sampler, "set_epoch"):
             batches.sampler.set_epoch(epoch)
-        iterator = iter(batches)
-        train(step, *next(iterator)[:2])
-        workers = sorted(children())  # the loader's workers (before nvidia-smi starts)
-        with Utilisation() as gpu:
-            start, cpu, seen = time.perf_counter(), cpu_seconds(workers), 0
-            for _ in range(len(batches) - 2):
-                images, labels = next(iterator)[:2]
-                if images is not None:
-                    train(step, images, labels)
-                    seen += len(images)
-            synchronize(step.device)
-            seconds, cpu = time.perf_counter() - start, cpu_seconds(workers) - cpu
-        for _ in iterator:
-            pass
+        gpu = Utilisation()
+        seen, seconds, cpu = steady_pass(batches, functools.partial(train, step), during=gpu)
     return {"img_per_s": seen / seconds, "gpu_util": gpu.mean, "cpu_ms_per_image": cpu / seen * 1000}
 
 

@@ -26,8 +26,8 @@ stock / ours without the cache.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -36,6 +36,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import psutil
 import torch
 from PIL import Image
 from serve_runtimes import cpu_model  # bench/, this script's folder
@@ -43,7 +44,7 @@ from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
 import model_artifact
-from train import cache, crops, data, loader
+from train import cache, crops, data, loader, profiler
 
 PACKAGE = "opencv-doc"
 EXAMPLES = "usr/share/doc/opencv-doc/examples"
@@ -102,36 +103,38 @@ def our_loader(samples: list[data.Sample], pixels: cache.PixelCache | None = Non
     return loader.make_loader(dataset, sampler, BATCH_SIZE, 1, train=True, image_size=IMAGE_SIZE)
 
 
-def cpu_seconds(workers: list[int]) -> float:
-    """CPU time so far of this process and of the worker processes ``workers``."""
-    own = resource.getrusage(resource.RUSAGE_SELF)
-    ticks = 0
-    for pid in workers:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])  # utime, stime
-    return own.ru_utime + own.ru_stime + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def children() -> set[int]:
-    """This process's child processes (loader workers are forked from the main thread)."""
-    return {int(pid) for pid in Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").read_text().split()}
+def steady_pass(batches, step: Callable | None = None, during=None) -> tuple[int, float, float]:
+    """One pass through ``batches`` measured in steady state, from its first batch (the workers
+    started, their prefetch queues full) to its next-to-last (the workers still alive): the
+    images, wall seconds and CPU seconds (this process and its children, the loader's workers)
+    of that span. ``step`` takes each batch's images and labels. ``during`` is entered around
+    the span's batches and left before the CPU time is read, so a child it starts and ends
+    (nvidia-smi) is not counted."""
+    iterator = iter(batches)
+    first = next(iterator)
+    if step is not None:
+        step(*first[:2])
+    me = psutil.Process()
+    before = profiler.cpu_by_process(me)
+    with during or contextlib.nullcontext():
+        start, seen = time.perf_counter(), 0
+        for _ in range(len(batches) - 2):
+            images, labels = next(iterator)[:2]
+            if images is not None:
+                if step is not None:
+                    step(images, labels)
+                seen += len(images)
+        seconds = time.perf_counter() - start
+    cpu = profiler.cpu_delta(before, profiler.cpu_by_process(me))
+    for _ in iterator:
+        pass
+    return seen, seconds, cpu
 
 
 def cpu_ms_per_image(batches: DataLoader | loader.BatchLoader) -> float:
-    """One epoch through ``batches``, measured in steady state: from its first batch (the
-    worker started, its prefetch queue full) to its next-to-last (the worker still alive)."""
-    before = children()
-    iterator = iter(batches)
-    next(iterator)
-    workers = sorted(children() - before)
-    start, seen = cpu_seconds(workers), 0
-    for _ in range(len(batches) - 2):
-        seen += len(next(iterator)[0])
-    spent = cpu_seconds(workers) - start
-    for _ in iterator:
-        pass
-    del iterator, batches  # the workers exit
-    return spent / seen * 1000
+    """CPU ms per image of one pass through ``batches``, in steady state."""
+    seen, _, cpu = steady_pass(batches)
+    return cpu / seen * 1000
 
 
 def normalize_ms_per_image() -> float:

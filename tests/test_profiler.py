@@ -99,7 +99,7 @@ def test_gpu_busy_share_is_the_union_of_kernels_within_the_traced_steps():
 def test_cpu_time_counts_workers_born_in_between_and_ignores_those_gone():
     before = {1: 10.0, 2: 5.0}
     after = {1: 12.0, 3: 0.5}  # worker 2 exited, worker 3 started
-    assert profiler._cpu_delta(before, after) == pytest.approx(2.5)
+    assert profiler.cpu_delta(before, after) == pytest.approx(2.5)
 
 
 # --- two real profiled training runs through `train` ------------------------------------------------

@@ -5,8 +5,8 @@ shared memory mapping made before the workers fork, reused batch after batch. On
 number crosses the process boundary. PyTorch's default instead sends each batch as a new
 segment in ``/dev/shm``, which costs page faults on both sides for every batch (0.19 ms of
 0.67 per image with the input cache, ``bench/input_pipeline.py``), and which Docker's default
-64 MB ``/dev/shm`` (SageMaker local mode's) cannot hold: a worker fails with "unable to
-allocate shared memory" at 224 px from batch 128.
+64 MB ``/dev/shm`` (SageMaker local mode's) cannot hold: a worker failed with "unable to
+allocate shared memory" at 224 px and batch 128, with 2 workers.
 """
 
 from __future__ import annotations

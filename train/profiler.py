@@ -117,7 +117,7 @@ class Profiler:
     def begin_epoch(self, epoch: int) -> None:
         """Mark an epoch's start, so utilization leaves out the evaluation before it."""
         self._epoch = epoch
-        self._mark = (time.perf_counter(), _cpu_by_process(self.process))
+        self._mark = (time.perf_counter(), cpu_by_process(self.process))
 
     def step(self, waited: float, elapsed: float) -> None:
         """One training step ended: ``elapsed`` seconds in all, ``waited`` of them for its batch."""
@@ -131,9 +131,9 @@ class Profiler:
         self._torch.step()
 
     def _sample(self) -> None:
-        now, cpu = time.perf_counter(), _cpu_by_process(self.process)
+        now, cpu = time.perf_counter(), cpu_by_process(self.process)
         then, before = self._mark
-        seconds = _cpu_delta(before, cpu)
+        seconds = cpu_delta(before, cpu)
         gpu = _gpu_utilization(self.device) if self._nvml else None
         self.samples.append({"step": len(self.step_times), "wall": now - then, "cpu_seconds": seconds, "gpu": gpu})
         self._mark = (now, cpu)
@@ -218,7 +218,7 @@ def _rounded(values: list[float]) -> list[float]:
     return [round(v, 5) for v in values]  # 10 µs: keeps report.json small for long runs
 
 
-def _cpu_by_process(process: psutil.Process) -> dict[int, float]:
+def cpu_by_process(process: psutil.Process) -> dict[int, float]:
     """CPU seconds (user + system) of this process and each of its children (loader workers)."""
     seconds = {}
     for p in [process, *process.children(recursive=True)]:
@@ -228,7 +228,8 @@ def _cpu_by_process(process: psutil.Process) -> dict[int, float]:
     return seconds
 
 
-def _cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+def cpu_delta(before: dict[int, float], after: dict[int, float]) -> float:
+    """CPU seconds spent between two ``cpu_by_process`` readings, by the processes alive at the second."""
     # A worker born in between counts from zero: its whole CPU time falls in the interval.
     return sum(max(now - before.get(pid, 0.0), 0.0) for pid, now in after.items())
 

@@ -5,8 +5,8 @@ Static quantization (QDQ format) calibrated on training images, preprocessed as 
 weights int8 per output channel in 7 bits (``reduce_range``). Seven-bit weights keep the
 integer products of x86's non-VNNI int8 instruction (AVX2, AVX-512 without VNNI) from
 saturating, so the accuracy checked here is what AVX2-only and VNNI CPUs serve alike (an
-emulated Haswell gave the same probabilities); measured, they answer
-within one validation image of 8-bit weights, at the same speed (``bench/int8_accuracy.py``). Both models then
+emulated Haswell gave the same probabilities); measured, they answer within one validation
+image of 8-bit weights, at the same speed (``bench/int8_accuracy.py``). Both models then
 answer the validation split and the result is recorded as ``model_artifact.Int8Check``.
 
 The file is plain ONNX (protobuf, no pickle), recorded with its SHA-256 in artifact.json.
